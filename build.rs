@@ -1,0 +1,14 @@
+//! Compiles `schema/*.capnp` to Rust with an embedded (wasm) capnp, so no system tool is needed.
+
+fn main() {
+    println!("cargo:rerun-if-changed=schema");
+    let request = capnpc_embedded::CompileCommand::new()
+        .src_prefix("schema")
+        .file("schema/capstan.capnp")
+        .compile()
+        .expect("compiling schema/capstan.capnp");
+    capnpc::codegen::CodeGenerationCommand::new()
+        .output_directory(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .run(&request[..])
+        .expect("generating Rust from schema/capstan.capnp");
+}

@@ -1,0 +1,158 @@
+//! The tunnel's `Fetcher`: each `fetch` call becomes one request to the origin.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use capstan::body::{channel, pump};
+use capstan::capstan_capnp::{fetcher, responder};
+use capstan::MAX_CHUNK;
+use http::{Method, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::sync::Notify;
+use tracing::info;
+
+use crate::origin::{Origin, OriginBody, RequestBody};
+
+/// Counts the `fetch` calls in progress, so a shutdown can wait for them.
+#[derive(Default)]
+pub(crate) struct Active {
+    count: Cell<usize>,
+    idle: Notify,
+}
+
+impl Active {
+    fn enter(self: &Rc<Self>) -> ActiveGuard {
+        self.count.set(self.count.get() + 1);
+        ActiveGuard(self.clone())
+    }
+
+    /// Resolves once no call is in progress.
+    pub(crate) async fn idle(&self) {
+        while self.count.get() > 0 {
+            self.idle.notified().await;
+        }
+    }
+}
+
+struct ActiveGuard(Rc<Active>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let count = self.0.count.get() - 1;
+        self.0.count.set(count);
+        if count == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+pub(crate) struct FetcherImpl<O> {
+    origin: O,
+    active: Rc<Active>,
+}
+
+impl<O: Origin> FetcherImpl<O> {
+    pub(crate) fn new(origin: O, active: Rc<Active>) -> Self {
+        Self { origin, active }
+    }
+}
+
+fn failed(message: impl std::fmt::Display) -> capnp::Error {
+    capnp::Error::failed(message.to_string())
+}
+
+impl<O: Origin> fetcher::Server for FetcherImpl<O> {
+    async fn fetch(
+        self: Rc<Self>,
+        params: fetcher::FetchParams,
+        mut results: fetcher::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        let _active = self.active.enter();
+        let started = Instant::now();
+        let params = params.get()?;
+        let wire = params.get_request()?;
+        let method = Method::from_bytes(wire.get_method()?.as_bytes()).map_err(failed)?;
+        let uri =
+            Uri::from_maybe_shared(Bytes::copy_from_slice(wire.get_path()?)).map_err(failed)?;
+        let headers = capstan::headers::read(wire.get_headers()?)?;
+        let responder = params.get_responder()?;
+        // Held until the call ends: dropping it cancels the gateway's upload.
+        let (body, _upload) = if params.has_body() {
+            let (sink, body) = channel();
+            let mut pipe = params.get_body()?.pipe_to_request();
+            pipe.get().set_sink(sink);
+            (RequestBody::stream(body), Some(pipe.send().promise))
+        } else {
+            (
+                RequestBody::full(Bytes::copy_from_slice(wire.get_body()?)),
+                None,
+            )
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let line = format!("{} {}", request.method(), request.uri());
+
+        let response = match self.origin.serve(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                info!("{line} 502 {:.1?} ({err})", started.elapsed());
+                return Err(failed(err));
+            }
+        };
+        let status = response.status();
+        let outcome = respond(response, responder, &mut results).await;
+        match &outcome {
+            Ok(()) => info!("{line} {} {:.1?}", status.as_u16(), started.elapsed()),
+            Err(err) => info!(
+                "{line} {} {:.1?} (cut: {err})",
+                status.as_u16(),
+                started.elapsed()
+            ),
+        }
+        outcome
+    }
+
+    async fn ping(
+        self: Rc<Self>,
+        _: fetcher::PingParams,
+        _: fetcher::PingResults,
+    ) -> Result<(), capnp::Error> {
+        Ok(())
+    }
+}
+
+/// Sends the origin's response: inline in the results when it is small and of known
+/// length, otherwise head through `responder.start` and body through its `ByteStream`.
+async fn respond(
+    response: Response<OriginBody>,
+    responder: responder::Client,
+    results: &mut fetcher::FetchResults,
+) -> Result<(), capnp::Error> {
+    let (parts, body) = response.into_parts();
+    let small = body.is_end_stream()
+        || body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_CHUNK as u64);
+    if small {
+        let bytes = body.collect().await.map_err(failed)?.to_bytes();
+        let mut wire = results.get().init_response();
+        wire.set_status(parts.status.as_u16());
+        capstan::headers::write(&parts.headers, &[], |n| wire.reborrow().init_headers(n));
+        wire.set_body(&bytes);
+        return Ok(());
+    }
+    let mut start = responder.start_request();
+    {
+        let mut wire = start.get().init_response();
+        wire.set_status(parts.status.as_u16());
+        capstan::headers::write(&parts.headers, &[], |n| wire.reborrow().init_headers(n));
+    }
+    let sink = start.send().promise.await?.get()?.get_body()?;
+    pump(body, &sink).await.map_err(failed)
+}

@@ -1,0 +1,83 @@
+//! The capstan tunnel client: serves an origin at a public URL through a capstan gateway.
+//!
+//! # Layout
+//! - [`origin`]: where requests go: [`LocalPort`], or your own [`Origin`].
+//! - `fetcher`: the `Fetcher` capability; one `fetch` call per visitor request.
+//! - `connect`: dialing the gateway and registering a name.
+//! - [`tunnel`]: [`Tunnel`]: heartbeat, reconnect with backoff, graceful drain.
+//! - [`embedded`]: the in-process gateway behind a bare `capstan 3000`.
+//! - `thread`: [`TunnelThread`], a tunnel on a thread of its own.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), capstan_client::ConnectError> {
+//! use capstan_client::{ClientOptions, LocalPort, Tunnel};
+//! let options = ClientOptions::new("http://127.0.0.1:8080");
+//! let tunnel = Tunnel::connect(options, LocalPort::new("localhost:3000")).await?;
+//! println!("{}", tunnel.url());
+//! tunnel.run(std::future::pending()).await
+//! # }
+//! ```
+//! A tunnel runs on a `tokio::task::LocalSet`: capnp-rpc is single-threaded.
+
+mod connect;
+pub mod embedded;
+mod fetcher;
+pub mod origin;
+mod thread;
+pub mod tunnel;
+
+use std::time::Duration;
+
+pub use capstan::capstan_capnp::RegisterError;
+pub use connect::ConnectError;
+pub use origin::{LocalPort, Origin, OriginError};
+pub use thread::TunnelThread;
+pub use tunnel::Tunnel;
+
+/// How a tunnel connects. `ClientOptions::new(gateway)` gives the defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// The gateway: `http://HOST:PORT` (WebSocket on the public port) or `tcp://HOST:PORT`
+    /// (its raw RPC port).
+    pub gateway: String,
+    /// The name to serve at; `None` lets the gateway choose one.
+    pub name: Option<String>,
+    /// The gateway's token, or "" for an open gateway.
+    pub token: String,
+    /// How often the gateway is pinged.
+    pub heartbeat_interval: Duration,
+    /// An unanswered ping after this long drops the connection and reconnects.
+    pub heartbeat_timeout: Duration,
+    /// The longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Defaults for a tunnel to `gateway`.
+    pub fn new(gateway: impl Into<String>) -> Self {
+        Self {
+            gateway: gateway.into(),
+            name: None,
+            token: String::new(),
+            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_timeout: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets the name to register.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
+    }
+}

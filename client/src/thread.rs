@@ -1,0 +1,95 @@
+//! A tunnel on a thread of its own, for multi-threaded programs and tests.
+
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::{ClientOptions, ConnectError, Origin, Tunnel};
+
+/// A tunnel running on its own thread with a single-threaded runtime.
+///
+/// Dropping it shuts the tunnel down and waits for the thread.
+pub struct TunnelThread {
+    url: String,
+    name: String,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<(), ConnectError>>>,
+}
+
+impl TunnelThread {
+    /// Connects and registers on a new thread, returning once the tunnel is registered.
+    ///
+    /// `make_origin` runs on that thread, so the origin itself need not be `Send`.
+    pub fn spawn<O, F>(options: ClientOptions, make_origin: F) -> Result<Self, ConnectError>
+    where
+        O: Origin,
+        F: FnOnce() -> O + Send + 'static,
+    {
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("capstan-tunnel".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async move {
+                    let tunnel = match Tunnel::connect(options, make_origin()).await {
+                        Ok(tunnel) => tunnel,
+                        Err(err) => {
+                            let _ = ready_tx.send(Err(err)); // Reported through `spawn`.
+                            return Ok(());
+                        }
+                    };
+                    let _ = ready_tx.send(Ok((tunnel.url().to_owned(), tunnel.name().to_owned())));
+                    tunnel
+                        .run(async {
+                            let _ = stopped.await; // A dropped sender also means stop.
+                        })
+                        .await
+                })
+            })?;
+        let (url, name) = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the tunnel thread died before registering"))??;
+        Ok(Self {
+            url,
+            name,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The public URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The registered name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Shuts the tunnel down gracefully and waits for its thread.
+    pub fn shutdown(mut self) -> Result<(), ConnectError> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), ConnectError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(()); // The tunnel may have ended on its own.
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("the tunnel thread panicked").into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TunnelThread {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}

@@ -1,0 +1,165 @@
+//! A tunnel's life: first registration, heartbeat, reconnect with capped backoff, drain.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use capstan::capstan_capnp::{fetcher, RegisterError};
+use tracing::{info, warn};
+
+use crate::connect::{register, ConnectError, Connection};
+use crate::fetcher::{Active, FetcherImpl};
+use crate::origin::Origin;
+use crate::ClientOptions;
+
+/// First wait before a reconnect; it doubles up to `ClientOptions::max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// A connection that lived this long was healthy: the next failure starts the backoff over.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+/// A registered tunnel. Call [`run`](Tunnel::run) to serve until shutdown.
+///
+/// It runs on the current `LocalSet` (capnp-rpc is single-threaded).
+pub struct Tunnel {
+    options: ClientOptions,
+    fetcher: fetcher::Client,
+    active: Rc<Active>,
+    connection: Connection,
+}
+
+impl Tunnel {
+    /// Connects to the gateway and registers. Errors here are the user's to see: a wrong
+    /// token, a bad or taken name, an unreachable gateway.
+    pub async fn connect<O: Origin>(
+        options: ClientOptions,
+        origin: O,
+    ) -> Result<Self, ConnectError> {
+        let active = Rc::new(Active::default());
+        let fetcher: fetcher::Client =
+            capnp_rpc::new_client(FetcherImpl::new(origin, active.clone()));
+        let name = options.name.clone().unwrap_or_default();
+        let connection = register(&options.gateway, &name, &options.token, &fetcher).await?;
+        Ok(Self {
+            options,
+            fetcher,
+            active,
+            connection,
+        })
+    }
+
+    /// The public URL, e.g. `http://demo.localhost:8080`.
+    pub fn url(&self) -> &str {
+        &self.connection.url
+    }
+
+    /// The registered name.
+    pub fn name(&self) -> &str {
+        &self.connection.name
+    }
+
+    /// Serves until `shutdown` resolves, reconnecting whenever the connection is lost.
+    ///
+    /// On shutdown it unregisters, lets requests in flight finish for up to
+    /// `drain_timeout`, and returns. It returns an error only when the gateway refuses the
+    /// tunnel for good (wrong token).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ConnectError> {
+        tokio::pin!(shutdown);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let since = Instant::now();
+            tokio::select! {
+                reason = watch(&mut self.connection, &self.options) => {
+                    warn!(tunnel = %self.connection.name, %reason, "connection lost; reconnecting");
+                }
+                () = &mut shutdown => {
+                    self.drain().await;
+                    return Ok(());
+                }
+            }
+            if since.elapsed() >= HEALTHY_AFTER {
+                backoff = FIRST_BACKOFF;
+            }
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
+                backoff = (backoff * 2).min(self.options.max_backoff);
+                let attempt = register(
+                    &self.options.gateway,
+                    &self.connection.name,
+                    &self.options.token,
+                    &self.fetcher,
+                );
+                match attempt.await {
+                    Ok(connection) => {
+                        info!(tunnel = %connection.name, url = %connection.url, "reconnected");
+                        self.connection = connection;
+                        break;
+                    }
+                    Err(err) if err.is_fatal() => return Err(err),
+                    Err(
+                        err @ ConnectError::Refused {
+                            code: RegisterError::NameTaken,
+                            ..
+                        },
+                    ) => {
+                        // Our old connection may not have been noticed dead yet.
+                        warn!(%err, "name still taken; retrying in {backoff:?}");
+                    }
+                    Err(err) => warn!(%err, "reconnect failed; retrying in {backoff:?}"),
+                }
+            }
+        }
+    }
+
+    /// Unregisters, then waits for in-flight requests, at most `drain_timeout`.
+    async fn drain(self) {
+        let Self {
+            connection,
+            active,
+            options,
+            ..
+        } = self;
+        drop(connection.registration);
+        if tokio::time::timeout(options.drain_timeout, active.idle())
+            .await
+            .is_err()
+        {
+            warn!(
+                "requests still in flight after {:?}; closing",
+                options.drain_timeout
+            );
+        }
+        drop(connection.rpc);
+    }
+}
+
+/// Resolves with a reason once the connection is gone or stops answering pings.
+async fn watch(connection: &mut Connection, options: &ClientOptions) -> String {
+    let Connection {
+        rpc, registration, ..
+    } = connection;
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(options.heartbeat_interval).await;
+            let ping = registration.ping_request().send().promise;
+            match tokio::time::timeout(options.heartbeat_timeout, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => return format!("heartbeat failed: {err}"),
+                Err(_) => {
+                    return format!("heartbeat unanswered for {:?}", options.heartbeat_timeout)
+                }
+            }
+        }
+    };
+    tokio::select! {
+        reason = heartbeat => reason,
+        ended = rpc => match ended {
+            Ok(Ok(())) => "the gateway closed the connection".into(),
+            Ok(Err(err)) => format!("the connection failed: {err}"),
+            Err(err) => format!("the connection task ended: {err}"),
+        },
+    }
+}

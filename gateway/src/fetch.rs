@@ -1,0 +1,160 @@
+//! One visitor HTTP request as one `Fetcher.fetch` call, answered inline or streamed.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use capstan::capstan_capnp::fetcher;
+use capstan::MAX_CHUNK;
+use http::header::{HeaderValue, HOST};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{full, BodySourceImpl, GatewayBody, ResponderImpl, StreamedHead, TunnelBody};
+use crate::error::ProxyError;
+use crate::registry::Tunnel;
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+enum RequestBody {
+    Inline(Bytes),
+    Streamed(Incoming),
+}
+
+type FetchPromise = capnp::capability::Promise<
+    capnp::capability::Response<fetcher::fetch_results::Owned>,
+    capnp::Error,
+>;
+
+/// Carries `request` through `tunnel` and returns the origin's answer.
+///
+/// The response head is returned as soon as the tunnel sends it; the body then streams.
+pub(crate) async fn proxy(
+    tunnel: Rc<Tunnel>,
+    visitor: SocketAddr,
+    scheme: &str,
+    request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, ProxyError> {
+    let permit =
+        tunnel
+            .inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::TunnelBusy {
+                name: tunnel.name.clone(),
+                limit: tunnel.inflight_limit(),
+            })?;
+    let (mut parts, body) = request.into_parts();
+    add_forwarded(&mut parts.headers, visitor, scheme);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+
+    // A small body of known length rides inside the call: one round trip in all.
+    let body = if body.is_end_stream() {
+        RequestBody::Inline(Bytes::new())
+    } else if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= MAX_CHUNK as u64)
+    {
+        let collected = body
+            .collect()
+            .await
+            .map_err(|err| ProxyError::BadRequest(format!("reading the body: {err}")))?;
+        RequestBody::Inline(collected.to_bytes())
+    } else {
+        RequestBody::Streamed(body)
+    };
+    let (responder, mut head_rx) = ResponderImpl::client();
+    let mut call = tunnel.fetcher.fetch_request();
+    {
+        let mut params = call.get();
+        let mut wire = params.reborrow().init_request();
+        wire.set_method(parts.method.as_str());
+        wire.set_path(path.as_bytes());
+        capstan::headers::write(&parts.headers, &[], |n| wire.reborrow().init_headers(n));
+        match body {
+            RequestBody::Inline(bytes) => wire.set_body(&bytes),
+            RequestBody::Streamed(body) => params.set_body(BodySourceImpl::client(body)),
+        }
+        params.set_responder(responder);
+    }
+    let mut promise = call.send().promise;
+
+    tokio::select! {
+        head = &mut head_rx => {
+            let head = head
+                .map_err(|_| ProxyError::Protocol("the responder vanished".into()))?
+                .map_err(|err| ProxyError::Protocol(err.extra))?;
+            Ok(streamed_response(head, Some(promise), permit))
+        }
+        result = &mut promise => {
+            let answer = result.map_err(ProxyError::from_capnp)?;
+            let answer = answer.get().map_err(|e| ProxyError::Protocol(e.to_string()))?;
+            if answer.has_response() {
+                return inline_response(answer).map_err(|e| ProxyError::Protocol(e.to_string()));
+            }
+            match head_rx.try_recv() {
+                Ok(Ok(head)) => Ok(streamed_response(head, None, permit)),
+                Ok(Err(err)) => Err(ProxyError::Protocol(err.extra)),
+                Err(_) => Err(ProxyError::Protocol(
+                    "fetch returned no response and never called Responder.start".into(),
+                )),
+            }
+        }
+    }
+}
+
+fn inline_response(
+    answer: fetcher::fetch_results::Reader<'_>,
+) -> capnp::Result<Response<GatewayBody>> {
+    let wire = answer.get_response()?;
+    let status = StatusCode::from_u16(wire.get_status())
+        .map_err(|_| capnp::Error::failed(format!("bad status {}", wire.get_status())))?;
+    let mut response = Response::new(full(Bytes::copy_from_slice(wire.get_body()?)));
+    *response.status_mut() = status;
+    *response.headers_mut() = capstan::headers::read(wire.get_headers()?)?;
+    Ok(response)
+}
+
+fn streamed_response(
+    head: StreamedHead,
+    call: Option<FetchPromise>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response<GatewayBody> {
+    let body = TunnelBody {
+        body: head.body,
+        call,
+        _permit: permit,
+    };
+    let mut response = Response::new(Box::pin(body) as GatewayBody);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    response
+}
+
+/// Adds the visitor's address to `X-Forwarded-For` and sets `-Proto` and `-Host`, as
+/// reverse proxies do, so the origin can tell who asked and under what name.
+fn add_forwarded(headers: &mut HeaderMap, visitor: SocketAddr, scheme: &str) {
+    let ip = visitor.ip().to_string();
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_str(scheme).unwrap_or(HeaderValue::from_static("http")),
+    );
+    if let Some(host) = headers.get(HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+}

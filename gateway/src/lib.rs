@@ -1,0 +1,207 @@
+//! The capstan gateway: a public HTTP server that routes each visitor to a tunnel by `Host`.
+//!
+//! # Layout
+//! - [`listen`](crate::listen): accepts visitors, tunnel WebSockets and raw RPC; stops gracefully.
+//! - `route`: `Host` header to a tunnel, the connect endpoint, or 404.
+//! - `fetch`: one HTTP request as one `Fetcher.fetch` call.
+//! - `body`: the `Responder` and `BodySource` capabilities and the visitor's response body.
+//! - `session`: one tunnel connection: `Gateway.register`, heartbeat, cleanup.
+//! - `registry`: live tunnels by name and names held for reconnecting tunnels.
+//! - `error`: every failure mapped to one HTTP answer.
+//!
+//! Everything runs on one thread: capnp-rpc is `!Send`, and keeping hyper on the same
+//! `LocalSet` as the RPC connections removes the channel hop between them (see
+//! docs/architecture.md). Run [`Gateway::serve`] inside a `tokio::task::LocalSet`, or use
+//! [`GatewayThread`] to get a gateway on a thread of its own.
+
+mod body;
+mod error;
+mod fetch;
+pub mod listen;
+mod registry;
+mod route;
+mod session;
+mod thread;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::ProxyError;
+pub use thread::GatewayThread;
+
+/// How a gateway behaves. Build it with `GatewayOptions::default()` and set fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GatewayOptions {
+    /// Tunnels are served at `{name}.{domain}`.
+    pub domain: String,
+    /// The public base URL, e.g. `https://tunnels.example.com`, when the gateway sits
+    /// behind a proxy. By default `http://{domain}:{listen port}`.
+    pub public_url: Option<String>,
+    /// Tokens that may register tunnels. Empty means anyone may.
+    pub tokens: Vec<String>,
+    /// Most `fetch` calls in flight per tunnel; more get 503.
+    pub max_inflight_per_tunnel: usize,
+    /// How long a name stays reserved for its token after its tunnel disconnects.
+    pub grace: Duration,
+    /// How often each tunnel is pinged.
+    pub heartbeat_interval: Duration,
+    /// A tunnel that does not answer a ping within this time is dropped.
+    pub heartbeat_timeout: Duration,
+    /// A connection that registers no name within this time is closed.
+    pub register_timeout: Duration,
+    /// Route requests that match no tunnel name to the only tunnel, if there is exactly
+    /// one. Used by the embedded gateway of `capstan 3000`.
+    pub bare_to_single_tunnel: bool,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            domain: "localhost".into(),
+            public_url: None,
+            tokens: Vec::new(),
+            max_inflight_per_tunnel: 512,
+            grace: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_timeout: Duration::from_secs(5),
+            register_timeout: Duration::from_secs(10),
+            bare_to_single_tunnel: false,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the whole gateway shares; lives on its single thread.
+pub(crate) struct State {
+    pub(crate) options: GatewayOptions,
+    pub(crate) registry: RefCell<registry::Registry>,
+    /// Scheme and host of the public URL, e.g. ("http", "localhost:8080").
+    public_scheme: String,
+    public_host: String,
+    next_session: Cell<u64>,
+    /// Owns every tunnel session task; cancelled after the HTTP side drained.
+    pub(crate) sessions: TaskTracker,
+    pub(crate) stop_sessions: CancellationToken,
+}
+
+impl State {
+    /// The public URL of tunnel `name`.
+    pub(crate) fn url_for(&self, name: &str) -> String {
+        format!("{}://{name}.{}", self.public_scheme, self.public_host)
+    }
+
+    /// The scheme visitors use, for `X-Forwarded-Proto`.
+    pub(crate) fn public_scheme(&self) -> &str {
+        &self.public_scheme
+    }
+
+    pub(crate) fn next_session_id(&self) -> u64 {
+        let id = self.next_session.get();
+        self.next_session.set(id + 1);
+        id
+    }
+}
+
+/// A gateway bound to its public listener, ready to [`serve`](Gateway::serve).
+pub struct Gateway {
+    state: Rc<State>,
+    listener: TcpListener,
+    rpc_listener: Option<TcpListener>,
+}
+
+impl Gateway {
+    /// A gateway that will serve visitors and tunnel WebSockets on `listener`.
+    pub fn new(options: GatewayOptions, listener: TcpListener) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (public_scheme, public_host) = public_base(&options, addr);
+        let registry = registry::Registry::new(options.grace, options.max_inflight_per_tunnel);
+        Ok(Self {
+            state: Rc::new(State {
+                options,
+                registry: RefCell::new(registry),
+                public_scheme,
+                public_host,
+                next_session: Cell::new(1),
+                sessions: TaskTracker::new(),
+                stop_sessions: CancellationToken::new(),
+            }),
+            listener,
+            rpc_listener: None,
+        })
+    }
+
+    /// Also accept plain two-party Cap'n Proto over TCP on `listener` (for pycapnp, C++).
+    pub fn with_rpc_listener(mut self, listener: TcpListener) -> Self {
+        self.rpc_listener = Some(listener);
+        self
+    }
+
+    /// The public address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs a tunnel connection over `io`, as if it had arrived on the RPC listener.
+    ///
+    /// The embedded gateway uses this with an in-memory pipe. Call it inside the
+    /// `LocalSet` that runs [`serve`](Gateway::serve).
+    pub fn attach<T>(&self, io: T, peer: &str)
+    where
+        T: futures::AsyncRead + futures::AsyncWrite + Unpin + 'static,
+    {
+        session::spawn(&self.state, io, peer.to_owned());
+    }
+
+    /// The number of live tunnels.
+    pub fn tunnel_count(&self) -> usize {
+        self.state.registry.borrow().live_count()
+    }
+
+    /// A handle that reports counters while [`serve`](Gateway::serve) runs.
+    pub fn stats(&self) -> Stats {
+        Stats(self.state.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
+    /// finish for up to `drain_timeout`, and closes every tunnel.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        listen::serve(self.state, self.listener, self.rpc_listener, shutdown).await
+    }
+}
+
+/// Live counters of a gateway, for tests and health checks.
+#[derive(Clone)]
+pub struct Stats(Rc<State>);
+
+impl Stats {
+    /// The number of live tunnels.
+    pub fn tunnels(&self) -> usize {
+        self.0.registry.borrow().live_count()
+    }
+}
+
+fn public_base(options: &GatewayOptions, addr: SocketAddr) -> (String, String) {
+    if let Some(url) = &options.public_url {
+        let url = url.trim_end_matches('/');
+        if let Some((scheme, host)) = url.split_once("://") {
+            return (scheme.to_owned(), host.to_owned());
+        }
+        return ("http".into(), url.to_owned());
+    }
+    let host = match addr.port() {
+        80 => options.domain.clone(),
+        port => format!("{}:{port}", options.domain),
+    };
+    ("http".into(), host)
+}

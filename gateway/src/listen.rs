@@ -1,0 +1,213 @@
+//! Accepting: visitors and tunnel WebSockets on the public port, raw RPC on its own, and a
+//! graceful stop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::compat::TokioAsyncReadCompatExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::body::GatewayBody;
+use crate::error::ProxyError;
+use crate::route::{route, Route};
+use crate::{fetch, session, State};
+
+/// How long to wait after a failed `accept` (e.g. out of file descriptors) before retrying.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A visitor has this long to send its request head; stops idle sockets piling up.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) async fn serve(
+    state: Rc<State>,
+    listener: TcpListener,
+    rpc_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    // Visitor connections: told to finish their current request on shutdown, then waited for.
+    let draining = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let rpc_accept = async {
+        match &rpc_listener {
+            Some(listener) => accept_rpc(&state, listener).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = accept_http(&state, &listener, &connections, &draining) => {}
+        () = rpc_accept => {}
+        () = shutdown => info!("shutting down: draining in-flight requests"),
+    }
+    drop(listener);
+    drop(rpc_listener);
+    let drain = state.options.drain_timeout;
+    draining.cancel();
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?drain,
+            "requests still in flight after the drain timeout; cutting them"
+        );
+    }
+    state.stop_sessions.cancel();
+    state.sessions.close();
+    state.sessions.wait().await;
+    Ok(())
+}
+
+async fn accept_http(
+    state: &Rc<State>,
+    listener: &TcpListener,
+    connections: &TaskTracker,
+    draining: &CancellationToken,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(%err, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        // Small requests and SSE events must leave at once, not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, peer, request).await) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let draining = draining.clone();
+        connections.spawn_local(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = draining.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
+                debug!(%err, %peer, "visitor connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn accept_rpc(state: &Rc<State>, listener: &TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                session::spawn(state, stream.compat(), peer.to_string());
+            }
+            Err(err) => {
+                warn!(%err, "accept failed on the RPC listener");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    state: Rc<State>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let result = match route(&state, &request) {
+        Route::Connect => connect_tunnel(&state, peer, request),
+        Route::Tunnel(tunnel) => {
+            if request.headers().contains_key(UPGRADE) {
+                Err(ProxyError::Unsupported(
+                    "this gateway does not carry protocol upgrades yet".into(),
+                ))
+            } else {
+                fetch::proxy(tunnel, peer, state.public_scheme(), request).await
+            }
+        }
+        Route::Offline(name) => Err(ProxyError::TunnelOffline(name)),
+        Route::Unknown(host) => Err(ProxyError::UnknownHost(host)),
+    };
+    result.unwrap_or_else(|err| {
+        debug!(%err, "request failed");
+        err.into_response()
+    })
+}
+
+/// Completes a tunnel client's WebSocket handshake and starts its session.
+fn connect_tunnel(
+    state: &Rc<State>,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, ProxyError> {
+    let is_websocket = request
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = request.headers().get(SEC_WEBSOCKET_KEY).cloned();
+    let (true, Some(key)) = (is_websocket, key) else {
+        return Err(ProxyError::BadRequest(
+            "this is the tunnel endpoint; connect to it with a capstan client".into(),
+        ));
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let state2 = state.clone();
+    // Owned by the session tracker, which the shutdown closes and waits for.
+    state.sessions.spawn_local(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(capstan::MAX_RPC_MESSAGE + 1024))
+                    .max_frame_size(Some(capstan::MAX_RPC_MESSAGE + 1024));
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                session::spawn(
+                    &state2,
+                    capstan::transport::WebSocketIo::new(socket),
+                    peer.to_string(),
+                );
+            }
+            Err(err) => debug!(%err, %peer, "tunnel upgrade failed"),
+        }
+    });
+    let mut response = Response::new(crate::body::full(bytes::Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    Ok(response)
+}

@@ -1,0 +1,151 @@
+//! The live tunnels by name, and the names held for a reconnecting tunnel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capstan::capstan_capnp::fetcher;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+/// One registered tunnel: where its requests go.
+pub(crate) struct Tunnel {
+    pub(crate) name: String,
+    pub(crate) fetcher: fetcher::Client,
+    /// The connection it arrived on; several names may share one.
+    pub(crate) session: u64,
+    /// Bounds the `fetch` calls in flight: capnp-rpc queues ordinary calls without limit.
+    pub(crate) inflight: Arc<Semaphore>,
+    limit: usize,
+    token: String,
+}
+
+impl Tunnel {
+    /// The most `fetch` calls this tunnel may have in flight.
+    pub(crate) fn inflight_limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// A name whose tunnel went away, kept for the same token until `until`.
+struct Held {
+    token: String,
+    until: Instant,
+}
+
+/// Where a name leads right now.
+pub(crate) enum Lookup {
+    Live(std::rc::Rc<Tunnel>),
+    /// Its tunnel is reconnecting: visitors get 502, not 404.
+    Held,
+    Unknown,
+}
+
+/// Why a registration was refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    Taken,
+}
+
+/// All names on this gateway. Single-threaded: it lives on the gateway's `LocalSet`.
+pub(crate) struct Registry {
+    live: HashMap<String, std::rc::Rc<Tunnel>>,
+    held: HashMap<String, Held>,
+    grace: Duration,
+    max_inflight: usize,
+}
+
+fn same_token(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+impl Registry {
+    pub(crate) fn new(grace: Duration, max_inflight: usize) -> Self {
+        Self {
+            live: HashMap::new(),
+            held: HashMap::new(),
+            grace,
+            max_inflight,
+        }
+    }
+
+    /// Registers `name` for `session`, unless another tunnel serves it or holds it.
+    pub(crate) fn insert(
+        &mut self,
+        name: &str,
+        token: &str,
+        fetcher: fetcher::Client,
+        session: u64,
+    ) -> Result<std::rc::Rc<Tunnel>, Refusal> {
+        self.expire();
+        if self.live.contains_key(name) {
+            return Err(Refusal::Taken);
+        }
+        if let Some(held) = self.held.get(name) {
+            if !same_token(&held.token, token) {
+                return Err(Refusal::Taken);
+            }
+            self.held.remove(name);
+        }
+        let tunnel = std::rc::Rc::new(Tunnel {
+            name: name.to_owned(),
+            fetcher,
+            session,
+            inflight: Arc::new(Semaphore::new(self.max_inflight)),
+            limit: self.max_inflight,
+            token: token.to_owned(),
+        });
+        self.live.insert(name.to_owned(), tunnel.clone());
+        Ok(tunnel)
+    }
+
+    /// True when `name` can be given to a tunnel that did not ask for it.
+    pub(crate) fn is_free(&mut self, name: &str) -> bool {
+        self.expire();
+        !self.live.contains_key(name) && !self.held.contains_key(name)
+    }
+
+    /// Removes `name` if `session` still owns it, and holds it for its token.
+    pub(crate) fn remove(&mut self, name: &str, session: u64) {
+        if self.live.get(name).is_some_and(|t| t.session == session) {
+            let tunnel = self.live.remove(name).expect("checked above");
+            self.held.insert(
+                name.to_owned(),
+                Held {
+                    token: tunnel.token.clone(),
+                    until: Instant::now() + self.grace,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn lookup(&mut self, name: &str) -> Lookup {
+        if let Some(tunnel) = self.live.get(name) {
+            return Lookup::Live(tunnel.clone());
+        }
+        self.expire();
+        if self.held.contains_key(name) {
+            Lookup::Held
+        } else {
+            Lookup::Unknown
+        }
+    }
+
+    /// The tunnel, when exactly one is live: the bare address of an embedded gateway.
+    pub(crate) fn single(&self) -> Option<std::rc::Rc<Tunnel>> {
+        let mut tunnels = self.live.values();
+        match (tunnels.next(), tunnels.next()) {
+            (Some(tunnel), None) => Some(tunnel.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        self.held.retain(|_, held| held.until > now);
+    }
+}

@@ -1,0 +1,94 @@
+//! A gateway on a thread of its own, for programs and tests that are not single-threaded.
+
+use std::io;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::{Gateway, GatewayOptions};
+
+/// A gateway running on its own thread with its own single-threaded runtime.
+///
+/// Dropping it shuts the gateway down and waits for the thread.
+pub struct GatewayThread {
+    addr: SocketAddr,
+    rpc_addr: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl GatewayThread {
+    /// Starts a gateway on `listener`, and on `rpc_listener` for raw RPC when given.
+    pub fn spawn(
+        options: GatewayOptions,
+        listener: std::net::TcpListener,
+        rpc_listener: Option<std::net::TcpListener>,
+    ) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let rpc_addr = rpc_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        listener.set_nonblocking(true)?;
+        if let Some(l) = &rpc_listener {
+            l.set_nonblocking(true)?;
+        }
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("capstan-gateway".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async move {
+                    let mut gateway =
+                        Gateway::new(options, tokio::net::TcpListener::from_std(listener)?)?;
+                    if let Some(l) = rpc_listener {
+                        gateway = gateway.with_rpc_listener(tokio::net::TcpListener::from_std(l)?);
+                    }
+                    gateway
+                        .serve(async {
+                            let _ = stopped.await; // Dropped sender also means stop.
+                        })
+                        .await
+                })
+            })?;
+        Ok(Self {
+            addr,
+            rpc_addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The public address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The raw RPC address, when one was given.
+    pub fn rpc_addr(&self) -> Option<SocketAddr> {
+        self.rpc_addr
+    }
+
+    /// Stops the gateway gracefully and waits for its thread.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(()); // The gateway may have stopped on its own.
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the gateway thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for GatewayThread {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}

@@ -1,0 +1,156 @@
+//! HTTP bodies over `ByteStream`: a capability that feeds a bounded channel, and a pump into one.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use crate::capstan_capnp::byte_stream;
+use crate::MAX_CHUNK;
+
+/// Chunks buffered between a `ByteStream` server and the body that reads it.
+///
+/// Small on purpose: the capnp stream window already keeps bytes in flight, and each slot
+/// holds up to 64 KiB.
+const CHANNEL_DEPTH: usize = 4;
+
+/// Why a body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The writer went away without calling `end`: the body is incomplete.
+    #[error("the body broke off before its end")]
+    BrokenOff,
+    /// Reading the source body failed.
+    #[error("reading the body failed: {0}")]
+    Source(String),
+    /// A `write` or `end` call on the remote `ByteStream` failed.
+    #[error("the receiving side failed: {0}")]
+    Sink(capnp::Error),
+}
+
+enum Piece {
+    Data(Bytes),
+    End,
+}
+
+/// A body fed by a [`byte_stream::Client`] made with [`channel`].
+///
+/// It ends cleanly only after `end` was called, and fails with [`BodyError::BrokenOff`]
+/// when the writer disappears first, so a cut upload or download is never mistaken for a
+/// complete one. It is `Send`, so it can go to any hyper client or service.
+#[derive(Debug)]
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Piece>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Piece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Piece::Data(data) => write!(f, "Data({} bytes)", data.len()),
+            Piece::End => f.write_str("End"),
+        }
+    }
+}
+
+/// A new `ByteStream` capability and the body that yields what is written to it.
+///
+/// `write` waits while the body's reader lags, which is how backpressure reaches the
+/// writer's stream window. `write` fails once the body is dropped.
+pub fn channel() -> (byte_stream::Client, ChannelBody) {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let client = capnp_rpc::new_client(ChannelSink { tx });
+    (client, ChannelBody { rx, done: false })
+}
+
+struct ChannelSink {
+    tx: mpsc::Sender<Piece>,
+}
+
+impl ChannelSink {
+    async fn push(&self, piece: Piece) -> Result<(), capnp::Error> {
+        self.tx
+            .send(piece)
+            .await
+            .map_err(|_| capnp::Error::failed("the body's reader went away".into()))
+    }
+}
+
+impl byte_stream::Server for ChannelSink {
+    async fn write(
+        self: std::rc::Rc<Self>,
+        params: byte_stream::WriteParams,
+    ) -> Result<(), capnp::Error> {
+        let data = Bytes::copy_from_slice(params.get()?.get_data()?);
+        self.push(Piece::Data(data)).await
+    }
+
+    async fn end(
+        self: std::rc::Rc<Self>,
+        _: byte_stream::EndParams,
+        _: byte_stream::EndResults,
+    ) -> Result<(), capnp::Error> {
+        self.push(Piece::End).await
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Piece::Data(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Poll::Ready(Some(Piece::End)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(BodyError::BrokenOff)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// Writes all of `body` into `sink` in chunks of at most [`MAX_CHUNK`], then calls `end`.
+///
+/// Each `write` is awaited, so a slow receiver slows the reading of `body`.
+pub async fn pump<B>(mut body: B, sink: &byte_stream::Client) -> Result<(), BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| BodyError::Source(err.to_string()))?;
+        let Ok(mut data) = frame.into_data() else {
+            continue; // Trailers: HTTP/1.1 peers rarely send them and we do not carry them.
+        };
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(MAX_CHUNK));
+            let mut request = sink.write_request();
+            request.get().set_data(&chunk);
+            request.send().await.map_err(BodyError::Sink)?;
+        }
+    }
+    sink.end_request()
+        .send()
+        .promise
+        .await
+        .map_err(BodyError::Sink)?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! An `RpcSystem` over a byte stream: plain TCP, or the binary messages of a WebSocket.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, RpcSystem};
+use futures::{AsyncRead, AsyncWrite, Sink, Stream};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::{MAX_RPC_MESSAGE, STREAM_WINDOW};
+
+/// Reader limits for every capstan connection, the same on both ends.
+pub fn reader_options() -> capnp::message::ReaderOptions {
+    let mut options = capnp::message::ReaderOptions::new();
+    options.traversal_limit_in_words(Some(MAX_RPC_MESSAGE / 8));
+    options
+}
+
+/// Builds a two-party `RpcSystem` over `io`, offering `bootstrap` to the peer.
+///
+/// `io` is any futures-io stream; wrap tokio types with `tokio_util::compat`. Spawn the
+/// returned future on a `LocalSet`: it is `!Send` and runs the connection until it ends.
+pub fn rpc_system<T>(
+    io: T,
+    side: Side,
+    bootstrap: Option<capnp::capability::Client>,
+) -> RpcSystem<Side>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (reader, writer) = futures::AsyncReadExt::split(io);
+    let mut network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader),
+        futures::io::BufWriter::new(writer),
+        side,
+        reader_options(),
+    );
+    network.set_window_size(STREAM_WINDOW);
+    RpcSystem::new(Box::new(network), bootstrap)
+}
+
+/// A WebSocket seen as a byte stream: each write becomes one binary message, and reads
+/// yield the payloads of binary messages back to back.
+///
+/// This lets the Cap'n Proto stream ride on an ordinary HTTP port through proxies and load
+/// balancers. Ping and pong are answered by tungstenite underneath; a text message is a
+/// protocol violation.
+pub struct WebSocketIo<S> {
+    socket: S,
+    pending: Bytes,
+}
+
+impl<S> WebSocketIo<S> {
+    /// Wraps an open WebSocket.
+    pub fn new(socket: S) -> Self {
+        Self {
+            socket,
+            pending: Bytes::new(),
+        }
+    }
+}
+
+fn to_io(err: tungstenite::Error) -> io::Error {
+    match err {
+        tungstenite::Error::Io(err) => err,
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            io::ErrorKind::BrokenPipe.into()
+        }
+        other => io::Error::other(other),
+    }
+}
+
+impl<S> AsyncRead for WebSocketIo<S>
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        while self.pending.is_empty() {
+            match ready!(Pin::new(&mut self.socket).poll_next(cx)) {
+                Some(Ok(Message::Binary(data))) => self.pending = data,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(0)),
+                Some(Ok(Message::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "text message on a capstan connection; only binary is allowed",
+                    )))
+                }
+                Some(Err(err)) => return Poll::Ready(Err(to_io(err))),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl<S> AsyncWrite for WebSocketIo<S>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(Pin::new(&mut self.socket).poll_ready(cx)).map_err(to_io)?;
+        Pin::new(&mut self.socket)
+            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .map_err(to_io)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx).map_err(to_io)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_close(cx).map_err(to_io)
+    }
+}
