@@ -12,6 +12,7 @@ use crate::{ClientOptions, ConnectError, Origin, Tunnel};
 pub struct TunnelThread {
     url: String,
     name: String,
+    registrations: tokio::sync::watch::Receiver<u64>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), ConnectError>>>,
 }
@@ -42,7 +43,11 @@ impl TunnelThread {
                             return Ok(());
                         }
                     };
-                    let _ = ready_tx.send(Ok((tunnel.url().to_owned(), tunnel.name().to_owned())));
+                    let _ = ready_tx.send(Ok((
+                        tunnel.url().to_owned(),
+                        tunnel.name().to_owned(),
+                        tunnel.registrations(),
+                    )));
                     tunnel
                         .run(async {
                             let _ = stopped.await; // A dropped sender also means stop.
@@ -50,12 +55,13 @@ impl TunnelThread {
                         .await
                 })
             })?;
-        let (url, name) = ready_rx
+        let (url, name, registrations) = ready_rx
             .recv()
             .map_err(|_| std::io::Error::other("the tunnel thread died before registering"))??;
         Ok(Self {
             url,
             name,
+            registrations,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -69,6 +75,11 @@ impl TunnelThread {
     /// The registered name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// See [`Tunnel::registrations`].
+    pub fn registrations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.registrations.clone()
     }
 
     /// Shuts the tunnel down gracefully and waits for its thread.

@@ -23,6 +23,8 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// It runs on the current `LocalSet` (capnp-rpc is single-threaded).
 pub struct Tunnel {
     options: ClientOptions,
+    /// Counts successful registrations: 1 after `connect`, +1 per reconnect.
+    registrations: tokio::sync::watch::Sender<u64>,
     fetcher: fetcher::Client,
     active: Rc<Active>,
     connection: Connection,
@@ -42,6 +44,7 @@ impl Tunnel {
         let connection = register(&options.gateway, &name, &options.token, &fetcher).await?;
         Ok(Self {
             options,
+            registrations: tokio::sync::watch::Sender::new(1),
             fetcher,
             active,
             connection,
@@ -56,6 +59,12 @@ impl Tunnel {
     /// The registered name.
     pub fn name(&self) -> &str {
         &self.connection.name
+    }
+
+    /// Watches the number of successful registrations: 1 after `connect`, one more after
+    /// each reconnect. Lets a program (or test) react when the tunnel is back.
+    pub fn registrations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.registrations.subscribe()
     }
 
     /// Serves until `shutdown` resolves, reconnecting whenever the connection is lost.
@@ -96,6 +105,7 @@ impl Tunnel {
                     Ok(connection) => {
                         info!(tunnel = %connection.name, url = %connection.url, "reconnected");
                         self.connection = connection;
+                        self.registrations.send_modify(|n| *n += 1);
                         break;
                     }
                     Err(err) if err.is_fatal() => return Err(err),

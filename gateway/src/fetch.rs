@@ -87,11 +87,17 @@ pub(crate) async fn proxy(
     }
     let mut promise = call.send().promise;
 
+    // The responder is released when the tunnel answers inline, possibly before the
+    // answer itself arrives: a dropped sender means "no streamed head", not an error.
+    let started = async {
+        match (&mut head_rx).await {
+            Ok(head) => head,
+            Err(_) => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        head = &mut head_rx => {
-            let head = head
-                .map_err(|_| ProxyError::Protocol("the responder vanished".into()))?
-                .map_err(|err| ProxyError::Protocol(err.extra))?;
+        head = started => {
+            let head = head.map_err(|err| ProxyError::Protocol(err.extra))?;
             Ok(streamed_response(head, Some(promise), permit))
         }
         result = &mut promise => {
