@@ -42,6 +42,16 @@ where
     RpcSystem::new(Box::new(network), bootstrap)
 }
 
+/// Ends a connection at once, whatever the peer does: every pending call fails with
+/// `Disconnected` and every capability exported on it is released.
+///
+/// Dropping the `RpcSystem` future alone is not enough: calls waiting on a silent peer
+/// would wait forever. The disconnector's first poll does the work synchronously; the
+/// rest of it (flushing to the peer) is skipped, since the peer may be gone.
+pub fn disconnect_now(mut disconnector: capnp_rpc::Disconnector<Side>) {
+    let _ = futures::FutureExt::now_or_never(&mut disconnector);
+}
+
 /// A WebSocket seen as a byte stream: each write becomes one binary message, and reads
 /// yield the payloads of binary messages back to back.
 ///

@@ -54,10 +54,23 @@ impl ConnectError {
     }
 }
 
+/// The task that runs one RPC connection. Dropping it ends the connection at once.
+pub(crate) struct RpcTask {
+    pub(crate) task: tokio_util::task::AbortOnDropHandle<Result<(), capnp::Error>>,
+    disconnector: Option<capnp_rpc::Disconnector<Side>>,
+}
+
+impl Drop for RpcTask {
+    fn drop(&mut self) {
+        if let Some(disconnector) = self.disconnector.take() {
+            capstan::transport::disconnect_now(disconnector);
+        }
+    }
+}
+
 /// A live registration.
 pub(crate) struct Connection {
-    /// Runs the RPC connection; aborted with this struct.
-    pub(crate) rpc: tokio_util::task::AbortOnDropHandle<Result<(), capnp::Error>>,
+    pub(crate) rpc: RpcTask,
     pub(crate) registration: registration::Client,
     pub(crate) url: String,
     pub(crate) name: String,
@@ -134,7 +147,11 @@ pub(crate) async fn register(
 ) -> Result<Connection, ConnectError> {
     let mut rpc = open(address, fetcher).await?;
     let gateway: gateway::Client = rpc.bootstrap(Side::Server);
-    let rpc = tokio_util::task::AbortOnDropHandle::new(tokio::task::spawn_local(rpc));
+    let disconnector = Some(rpc.get_disconnector());
+    let rpc = RpcTask {
+        task: tokio_util::task::AbortOnDropHandle::new(tokio::task::spawn_local(rpc)),
+        disconnector,
+    };
     let mut request = gateway.register_request();
     request.get().set_name(name);
     request.get().set_token(token);

@@ -166,7 +166,7 @@ async fn watch(connection: &mut Connection, options: &ClientOptions) -> String {
     };
     tokio::select! {
         reason = heartbeat => reason,
-        ended = rpc => match ended {
+        ended = &mut rpc.task => match ended {
             Ok(Ok(())) => "the gateway closed the connection".into(),
             Ok(Err(err)) => format!("the connection failed: {err}"),
             Err(err) => format!("the connection task ended: {err}"),

@@ -65,6 +65,7 @@ where
         session: session.clone(),
     });
     let rpc = transport::rpc_system(io, Side::Server, Some(bootstrap.client));
+    let disconnector = rpc.get_disconnector();
     debug!("connection open");
     tokio::select! {
         result = rpc => match result {
@@ -74,6 +75,9 @@ where
         reason = heartbeat(&session) => warn!(%reason, "dropping tunnel connection"),
         () = state.stop_sessions.cancelled() => debug!("gateway shutting down"),
     }
+    // Fails the visitors' pending calls (they get 502 or a cut body) instead of leaving
+    // them waiting on a peer that will never answer.
+    transport::disconnect_now(disconnector);
     session.close();
 }
 
