@@ -129,7 +129,9 @@ async fn gateway(args: GatewayArgs, stop: CancellationToken) -> anyhow::Result<(
             .with_context(|| format!("listening on {addr}"))?;
         gateway = gateway.with_rpc_listener(rpc);
     }
-    tracing::info!(listen = %gateway.local_addr()?, rpc = ?args.rpc_listen, "gateway ready");
+    // Like the tunnel's URL, the address goes first on stdout, for scripts.
+    println!("http://{}", gateway.local_addr()?);
+    tracing::info!(rpc = ?args.rpc_listen, "gateway ready");
     gateway.serve(stop.cancelled_owned()).await?;
     Ok(())
 }

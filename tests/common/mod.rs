@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 pub use origin::TestOrigin;
+#[allow(unused_imports)]
 pub use relay::Relay;
 
 /// A body a visitor sends.
