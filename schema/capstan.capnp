@@ -157,6 +157,7 @@ struct Request {
   # As sent by the visitor, e.g. "GET".
   path @1 :Data;
   # The request target exactly as sent: path and query, raw bytes (`%2F` stays `%2F`).
+  # An absolute-form target (`GET http://host/x`) is reduced to its path and query.
   headers @2 :List(Header);
   # End-to-end headers in the visitor's order, including Host. Hop-by-hop headers are
   # removed; X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host are added.

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`capstan_capnp`]: code generated from `schema/capstan.capnp` (the contract).
 //! - [`transport`]: an `RpcSystem` over TCP or over a WebSocket's binary messages.
+//! - [`body`]: HTTP bodies in and out of `ByteStream` capabilities.
 //! - [`headers`]: HTTP header lists on the wire, minus hop-by-hop headers.
 //! - [`name`]: tunnel names (DNS labels) and random ones.
 //!
@@ -32,8 +33,8 @@ pub const MAX_CHUNK: usize = 64 * 1024;
 /// Largest Cap'n Proto message either side accepts, in bytes.
 ///
 /// A bigger message aborts the whole connection (capnp-rpc has no per-call limit), so every
-/// sender caps what it puts in one message well below this: 64 KiB body chunks, and
-/// WebSocket messages at `--max-ws-message` (16 MiB by default).
+/// sender caps what it puts in one message well below this: bodies travel in chunks of
+/// at most [`MAX_CHUNK`].
 pub const MAX_RPC_MESSAGE: usize = 32 * 1024 * 1024;
 
 /// Bytes of `-> stream` calls in flight per capability before the caller waits.

@@ -293,3 +293,49 @@ async fn tunnel_connect_reports_an_unreachable_gateway() {
         Ok(_) => panic!("connected to nothing"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_by_the_visitor_aborts_the_origin_request() {
+    let origin = TestOrigin::start().await;
+    let gateway = TestGateway::start();
+    let _tunnel = gateway.tunnel("demo", origin.addr);
+
+    let mut socket = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /sink HTTP/1.1\r\nhost: demo.localhost:{}\r\ntransfer-encoding: chunked\r\n\r\n",
+        gateway.addr().port()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(b"10000\r\n").await.unwrap();
+    socket.write_all(&pattern(0, 0x10000)).await.unwrap();
+    socket.write_all(b"\r\n").await.unwrap();
+    socket.flush().await.unwrap();
+    drop(socket); // Mid-body: no terminating chunk.
+
+    let outcome = within("origin sees the cut", origin.arrival()).await;
+    assert!(outcome.starts_with("sink: body error"), "{outcome}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_connection_goes_silent_reconnects_by_itself() {
+    let origin = TestOrigin::start().await;
+    let gateway = TestGateway::start();
+    let relay = Relay::start(gateway.addr()).await;
+    let mut options = client_options(&relay.url()).name("quiet");
+    options.heartbeat_interval = Duration::from_millis(100);
+    options.heartbeat_timeout = Duration::from_millis(500);
+    let addr = origin.addr;
+    let tunnel = TunnelThread::spawn(options, move || LocalPort::new(addr.to_string())).unwrap();
+    let mut registrations = tunnel.registrations();
+
+    relay.set(Mode::Freeze);
+    // The tunnel notices, drops the frozen connection, and gets its name back once the
+    // gateway has let go of the old one.
+    within("silent reconnect", registrations.wait_for(|n| *n >= 2))
+        .await
+        .unwrap();
+    let (status, _, body) = Visitor::new(gateway.addr()).get("quiet", "/cookies").await;
+    assert_eq!((status, body), (StatusCode::OK, Bytes::from("cookies")));
+}

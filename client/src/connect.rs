@@ -60,11 +60,20 @@ pub(crate) struct RpcTask {
     disconnector: Option<capnp_rpc::Disconnector<Side>>,
 }
 
-impl Drop for RpcTask {
-    fn drop(&mut self) {
+impl RpcTask {
+    /// Ends the connection now: pending calls fail, the socket closes, and the gateway
+    /// sees the tunnel go (and holds its name for the reconnect).
+    pub(crate) fn close(&mut self) {
         if let Some(disconnector) = self.disconnector.take() {
             capstan::transport::disconnect_now(disconnector);
         }
+        self.task.abort();
+    }
+}
+
+impl Drop for RpcTask {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

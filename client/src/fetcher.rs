@@ -80,7 +80,7 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
         let headers = capstan::headers::read(wire.get_headers()?)?;
         let responder = params.get_responder()?;
         // Held until the call ends: dropping it cancels the gateway's upload.
-        let (body, _upload) = if params.has_body() {
+        let (body, mut upload) = if params.has_body() {
             let (sink, body) = channel();
             let mut pipe = params.get_body()?.pipe_to_request();
             pipe.get().set_sink(sink);
@@ -97,7 +97,26 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
         *request.headers_mut() = headers;
         let line = format!("{} {}", request.method(), request.uri());
 
-        let response = match self.origin.serve(request).await {
+        let serve = self.origin.serve(request);
+        tokio::pin!(serve);
+        // A failed upload aborts the origin request (by dropping it) rather than letting
+        // the origin take a truncated body for a whole one.
+        let served = loop {
+            let Some(pending) = upload.as_mut() else {
+                break serve.await;
+            };
+            tokio::select! {
+                served = &mut serve => break served,
+                piped = pending => match piped {
+                    Ok(_) => upload = None,
+                    Err(err) => {
+                        info!("{line} - {:.1?} (visitor upload broke off)", started.elapsed());
+                        return Err(failed(format!("visitor upload broke off: {err}")));
+                    }
+                },
+            }
+        };
+        let response = match served {
             Ok(response) => response,
             Err(err) => {
                 info!("{line} 502 {:.1?} ({err})", started.elapsed());

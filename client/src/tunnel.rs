@@ -70,8 +70,8 @@ impl Tunnel {
     /// Serves until `shutdown` resolves, reconnecting whenever the connection is lost.
     ///
     /// On shutdown it unregisters, lets requests in flight finish for up to
-    /// `drain_timeout`, and returns. It returns an error only when the gateway refuses the
-    /// tunnel for good (wrong token).
+    /// `drain_timeout`, and returns. It returns an error only when a reconnect is refused
+    /// for good (see [`ConnectError::is_fatal`]).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ConnectError> {
         tokio::pin!(shutdown);
         let mut backoff = FIRST_BACKOFF;
@@ -86,6 +86,9 @@ impl Tunnel {
                     return Ok(());
                 }
             }
+            // A connection that stopped answering may still be open at the gateway, which
+            // would keep our name taken: close it before asking for the name again.
+            self.connection.rpc.close();
             if since.elapsed() >= HEALTHY_AFTER {
                 backoff = FIRST_BACKOFF;
             }
@@ -156,8 +159,11 @@ async fn watch(connection: &mut Connection, options: &ClientOptions) -> String {
             tokio::time::sleep(options.heartbeat_interval).await;
             let ping = registration.ping_request().send().promise;
             match tokio::time::timeout(options.heartbeat_timeout, ping).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => return format!("heartbeat failed: {err}"),
+                // Any answer proves the gateway is alive, as on the gateway's side.
+                Ok(Err(err)) if err.kind == capnp::ErrorKind::Disconnected => {
+                    return format!("heartbeat failed: {err}")
+                }
+                Ok(_) => {}
                 Err(_) => {
                     return format!("heartbeat unanswered for {:?}", options.heartbeat_timeout)
                 }

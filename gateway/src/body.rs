@@ -124,9 +124,24 @@ impl body_source::Server for BodySourceImpl {
 /// The visitor's view of a streamed response: the tunnel's `ByteStream` writes, cut off if
 /// the `fetch` call fails first. Dropping it cancels the call, which stops the origin.
 pub(crate) struct TunnelBody {
-    pub(crate) body: ChannelBody,
-    pub(crate) call: Option<Promise<Response<fetcher::fetch_results::Owned>, capnp::Error>>,
-    pub(crate) _permit: OwnedSemaphorePermit,
+    body: ChannelBody,
+    call: Option<Promise<Response<fetcher::fetch_results::Owned>, capnp::Error>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl TunnelBody {
+    /// The body of a streamed response; `call` is None when it has already returned.
+    pub(crate) fn new(
+        body: ChannelBody,
+        call: Option<Promise<Response<fetcher::fetch_results::Owned>, capnp::Error>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            body,
+            call,
+            _permit: permit,
+        }
+    }
 }
 
 impl Body for TunnelBody {
@@ -140,17 +155,23 @@ impl Body for TunnelBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        // Nothing to read yet: learn early if the call failed, so the visitor is cut off
-        // instead of waiting on a body that will never end.
-        if let Some(call) = self.call.as_mut() {
-            if let Poll::Ready(result) = Pin::new(call).poll(cx) {
-                self.call = None;
-                if let Err(err) = result {
-                    return Poll::Ready(Some(Err(err.to_string().into())));
-                }
-            }
+        // Nothing to read yet. A tunnel calls `end` (and `end` is queued here) before its
+        // `fetch` returns, so a call that is over means the body will never end: cut the
+        // visitor off rather than leave it waiting.
+        let outcome = match self.call.as_mut() {
+            None => Some(Ok(())),
+            Some(call) => match Pin::new(call).poll(cx) {
+                Poll::Ready(result) => Some(result.map(drop)),
+                Poll::Pending => None,
+            },
+        };
+        match outcome {
+            None => Poll::Pending,
+            Some(Err(err)) => Poll::Ready(Some(Err(err.to_string().into()))),
+            Some(Ok(())) => Poll::Ready(Some(Err(
+                "the tunnel finished the response without ending its body".into(),
+            ))),
         }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

@@ -134,11 +134,7 @@ fn streamed_response(
     call: Option<FetchPromise>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response<GatewayBody> {
-    let body = TunnelBody {
-        body: head.body,
-        call,
-        _permit: permit,
-    };
+    let body = TunnelBody::new(head.body, call, permit);
     let mut response = Response::new(Box::pin(body) as GatewayBody);
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers;

@@ -152,17 +152,6 @@ impl Gateway {
         self.listener.local_addr()
     }
 
-    /// Runs a tunnel connection over `io`, as if it had arrived on the RPC listener.
-    ///
-    /// The embedded gateway uses this with an in-memory pipe. Call it inside the
-    /// `LocalSet` that runs [`serve`](Gateway::serve).
-    pub fn attach<T>(&self, io: T, peer: &str)
-    where
-        T: futures::AsyncRead + futures::AsyncWrite + Unpin + 'static,
-    {
-        session::spawn(&self.state, io, peer.to_owned());
-    }
-
     /// The number of live tunnels.
     pub fn tunnel_count(&self) -> usize {
         self.state.registry.borrow().live_count()

@@ -36,6 +36,7 @@ struct Session {
 
 impl Session {
     fn unregister(&self, name: &str) {
+        info!(tunnel = %name, "tunnel unregistered");
         self.tunnels.borrow_mut().retain(|t| t.name != name);
         self.state.registry.borrow_mut().remove(name, self.id);
     }

@@ -24,7 +24,8 @@ pub struct TestOrigin {
     pub addr: SocketAddr,
     /// Permits for `/sse` events and `/hold` answers: the test releases them one by one.
     pub gate: Arc<Semaphore>,
-    /// Receives one message per request that reached `/hold` or `/sse`.
+    /// Receives one message per request that reached `/hold`, `/sse` or `/endless`, and
+    /// the outcome of each `/sink` upload.
     pub arrivals: tokio::sync::Mutex<mpsc::Receiver<String>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -122,13 +123,17 @@ async fn route(
                         }
                     }
                     Err(err) => {
+                        let _ = arrived
+                            .send(format!("sink: body error after {len} bytes"))
+                            .await;
                         return Ok(Response::builder()
                             .status(StatusCode::BAD_REQUEST)
                             .body(full(format!("body error: {err}")))
-                            .unwrap())
+                            .unwrap());
                     }
                 }
             }
+            let _ = arrived.try_send(format!("sink: {len} bytes"));
             Response::new(full(format!("{len} {:016x}", fnv.0)))
         }
         // `n` bytes of the pattern, chunked, or with Content-Length when `cl=1`.
