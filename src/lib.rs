@@ -4,16 +4,20 @@
 //! - [`capstan_capnp`]: code generated from `schema/capstan.capnp` (the contract).
 //! - [`transport`]: an `RpcSystem` over TCP or over a WebSocket's binary messages.
 //! - [`body`]: HTTP bodies in and out of `ByteStream` capabilities.
+//! - [`gauge`]: counts of live sockets, tasks and capabilities.
 //! - [`headers`]: HTTP header lists on the wire, minus hop-by-hop headers.
 //! - [`name`]: tunnel names (DNS labels) and random ones.
+//! - [`websocket`]: WebSocket messages, close codes and limits on the wire.
 //!
 //! The gateway lives in `capstan-gateway`, the tunnel client and the `capstan` CLI in
 //! `capstan-client`.
 
 pub mod body;
+pub mod gauge;
 pub mod headers;
 pub mod name;
 pub mod transport;
+pub mod websocket;
 
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod capstan_capnp {

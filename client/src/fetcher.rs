@@ -14,7 +14,8 @@ use http_body_util::BodyExt;
 use tokio::sync::Notify;
 use tracing::info;
 
-use crate::origin::{Origin, OriginBody, RequestBody};
+use crate::origin::{Handshake, Origin, OriginBody, RequestBody};
+use crate::{websocket, Counters};
 
 /// Counts the `fetch` calls in progress, so a shutdown can wait for them.
 #[derive(Default)]
@@ -52,11 +53,23 @@ impl Drop for ActiveGuard {
 pub(crate) struct FetcherImpl<O> {
     origin: O,
     active: Rc<Active>,
+    counters: Counters,
+    max_ws_message: usize,
 }
 
 impl<O: Origin> FetcherImpl<O> {
-    pub(crate) fn new(origin: O, active: Rc<Active>) -> Self {
-        Self { origin, active }
+    pub(crate) fn new(
+        origin: O,
+        active: Rc<Active>,
+        counters: Counters,
+        max_ws_message: usize,
+    ) -> Self {
+        Self {
+            origin,
+            active,
+            counters,
+            max_ws_message,
+        }
     }
 }
 
@@ -134,6 +147,61 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
             ),
         }
         outcome
+    }
+
+    async fn connect_web_socket(
+        self: Rc<Self>,
+        params: fetcher::ConnectWebSocketParams,
+        mut results: fetcher::ConnectWebSocketResults,
+    ) -> Result<(), capnp::Error> {
+        let started = Instant::now();
+        let params = params.get()?;
+        let wire = params.get_request()?;
+        let mut request = Request::new(());
+        *request.uri_mut() =
+            Uri::from_maybe_shared(Bytes::copy_from_slice(wire.get_path()?)).map_err(failed)?;
+        *request.headers_mut() = capstan::headers::read(wire.get_headers()?)?;
+        let public = params.get_public_socket()?;
+        let line = format!("WS {}", request.uri());
+
+        let handshake = self
+            .origin
+            .connect_websocket(request, self.max_ws_message)
+            .await;
+        let mut answer = results.get();
+        match handshake {
+            Ok(Handshake::Accepted { response, socket }) => {
+                info!(
+                    "{line} {} {:.1?}",
+                    response.status().as_u16(),
+                    started.elapsed()
+                );
+                let mut head = answer.reborrow().init_response();
+                head.set_status(response.status().as_u16());
+                capstan::headers::write(response.headers(), &[], |n| {
+                    head.reborrow().init_headers(n)
+                });
+                answer.set_local_socket(websocket::open(*socket, public, &self.counters));
+            }
+            Ok(Handshake::Refused(response)) => {
+                info!(
+                    "{line} {} {:.1?} (refused)",
+                    response.status().as_u16(),
+                    started.elapsed()
+                );
+                let mut head = answer.init_response();
+                head.set_status(response.status().as_u16());
+                capstan::headers::write(response.headers(), &[], |n| {
+                    head.reborrow().init_headers(n)
+                });
+                head.set_body(response.body());
+            }
+            Err(err) => {
+                info!("{line} 502 {:.1?} ({err})", started.elapsed());
+                return Err(failed(err));
+            }
+        }
+        Ok(())
     }
 
     async fn ping(

@@ -1,8 +1,10 @@
 //! The capstan tunnel client: serves an origin at a public URL through a capstan gateway.
 //!
 //! # Layout
-//! - [`origin`]: where requests go: [`LocalPort`], or your own [`Origin`].
+//! - [`origin`]: the [`Origin`] trait: where requests and WebSockets go.
+//! - [`dial`]: [`LocalPort`] and [`ServiceOrigin`] (an in-process hyper/tower service).
 //! - `fetcher`: the `Fetcher` capability; one `fetch` call per visitor request.
+//! - `websocket`: one tunneled WebSocket at the origin's end.
 //! - `connect`: dialing the gateway and registering a name.
 //! - [`tunnel`]: [`Tunnel`]: heartbeat, reconnect with backoff, graceful drain.
 //! - [`embedded`]: the in-process gateway behind a bare `capstan 3000`.
@@ -20,19 +22,32 @@
 //! A tunnel runs on a `tokio::task::LocalSet`: capnp-rpc is single-threaded.
 
 mod connect;
+pub mod dial;
 pub mod embedded;
 mod fetcher;
 pub mod origin;
 mod thread;
 pub mod tunnel;
+mod websocket;
 
 use std::time::Duration;
 
 pub use capstan::capstan_capnp::RegisterError;
 pub use connect::ConnectError;
-pub use origin::{LocalPort, Origin, OriginError};
+pub use dial::{LocalPort, ServiceOrigin};
+pub use origin::{Origin, OriginError};
 pub use thread::TunnelThread;
 pub use tunnel::Tunnel;
+
+/// Live counts of a tunnel's WebSockets and capabilities, readable from any thread.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Origin WebSockets being pumped.
+    pub websockets: capstan::gauge::Gauge,
+    /// `WebSocketHandle` capabilities for origin sockets not yet released by the gateway.
+    pub socket_handles: capstan::gauge::Gauge,
+}
 
 /// How a tunnel connects. `ClientOptions::new(gateway)` gives the defaults.
 #[derive(Debug, Clone)]
@@ -53,6 +68,9 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// The largest WebSocket message the origin may send; a bigger one closes that
+    /// socket with 1009.
+    pub max_ws_message: usize,
 }
 
 impl ClientOptions {
@@ -66,6 +84,7 @@ impl ClientOptions {
             heartbeat_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            max_ws_message: capstan::websocket::DEFAULT_MAX_MESSAGE,
         }
     }
 

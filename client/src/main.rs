@@ -51,6 +51,10 @@ struct TunnelArgs {
         default_value = ""
     )]
     token: String,
+    /// The largest WebSocket message the local service may send, in bytes; a bigger one
+    /// closes that socket with 1009.
+    #[arg(long, default_value_t = capstan::websocket::DEFAULT_MAX_MESSAGE)]
+    max_ws_message: usize,
 }
 
 #[derive(Args)]
@@ -78,6 +82,10 @@ struct GatewayArgs {
     /// Most requests in flight per tunnel; more get 503.
     #[arg(long, default_value_t = 512)]
     max_inflight: usize,
+    /// The largest WebSocket message a visitor may send, in bytes; a bigger one closes
+    /// that socket with 1009.
+    #[arg(long, default_value_t = capstan::websocket::DEFAULT_MAX_MESSAGE)]
+    max_ws_message: usize,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +127,7 @@ async fn gateway(args: GatewayArgs, stop: CancellationToken) -> anyhow::Result<(
     options.tokens = args.token.into_iter().filter(|t| !t.is_empty()).collect();
     options.public_url = args.public_url;
     options.max_inflight_per_tunnel = args.max_inflight;
+    options.max_ws_message = args.max_ws_message;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -159,6 +168,7 @@ async fn tunnel(args: TunnelArgs, stop: CancellationToken) -> anyhow::Result<()>
         .or_else(|| embedded.as_ref().map(Embedded::gateway_url));
     let mut options = ClientOptions::new(gateway.expect("one of the two is set")).token(args.token);
     options.name = args.name;
+    options.max_ws_message = args.max_ws_message;
     let tunnel = Tunnel::connect(options, LocalPort::new(&authority)).await?;
     println!("{}", tunnel.url());
     tracing::info!(origin = %authority, url = %tunnel.url(), "tunnel ready");

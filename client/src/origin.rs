@@ -1,4 +1,4 @@
-//! Origins: where the tunnel sends each request. A local port, or any in-process service.
+//! Origins: where the tunnel sends each request and WebSocket, and what comes back.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -6,13 +6,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use capstan::body::{BodyError, ChannelBody};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
 
 /// Errors an origin's response body may carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,10 +39,32 @@ pub enum OriginError {
     },
 }
 
+/// A byte stream to an origin: a TCP socket or an in-memory pipe.
+pub trait OriginIo: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> OriginIo for T {}
+
+/// An open WebSocket to the origin.
+pub type OriginSocket = WebSocketStream<Box<dyn OriginIo>>;
+
+/// How an origin answered a WebSocket handshake.
+pub enum Handshake {
+    /// Upgraded: the origin's 101 head and the open socket.
+    Accepted {
+        /// The 101 response, with the chosen `Sec-WebSocket-Protocol`.
+        response: Response<()>,
+        /// The origin's end of the socket.
+        socket: Box<OriginSocket>,
+    },
+    /// Refused: the origin's whole answer, which the visitor gets as is.
+    Refused(Response<Bytes>),
+}
+
 /// Where a tunnel sends its requests.
 ///
-/// [`LocalPort`] forwards to a local address; implement it for an in-process service to
-/// serve it with no port at all.
+/// [`LocalPort`](crate::LocalPort) forwards to a local address and
+/// [`ServiceOrigin`](crate::ServiceOrigin) to an in-process hyper or tower service (an
+/// axum `Router`, say) with no port at all. Implement it to serve something else.
 pub trait Origin: 'static {
     /// Serves one visitor request. The request carries the visitor's method, raw path,
     /// headers (with `X-Forwarded-*`) and a streaming body.
@@ -52,6 +72,15 @@ pub trait Origin: 'static {
         &self,
         request: Request<RequestBody>,
     ) -> impl Future<Output = Result<Response<OriginBody>, OriginError>> + 'static;
+
+    /// Opens a WebSocket for the visitor's upgrade `request` (its headers include the
+    /// offered `Sec-WebSocket-Protocol`). Messages over `max_message` bytes must fail the
+    /// socket's reads with a capacity error.
+    fn connect_websocket(
+        &self,
+        request: Request<()>,
+        max_message: usize,
+    ) -> impl Future<Output = Result<Handshake, OriginError>> + 'static;
 
     /// A short description for logs, e.g. `localhost:3000`.
     fn describe(&self) -> String;
@@ -106,67 +135,5 @@ impl Body for RequestBody {
             }
             Inner::Stream(body) => body.size_hint(),
         }
-    }
-}
-
-/// An origin at a local TCP address, reached with a pooled HTTP/1.1 client.
-#[derive(Clone)]
-pub struct LocalPort {
-    authority: String,
-    client: Client<HttpConnector, RequestBody>,
-}
-
-impl LocalPort {
-    /// Forwards to `authority`, e.g. `localhost:3000` or `127.0.0.1:8000`.
-    ///
-    /// `localhost` tries both `::1` and `127.0.0.1`, as a browser would.
-    pub fn new(authority: impl Into<String>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self {
-            authority: authority.into(),
-            client,
-        }
-    }
-}
-
-impl Origin for LocalPort {
-    fn serve(
-        &self,
-        mut request: Request<RequestBody>,
-    ) -> impl Future<Output = Result<Response<OriginBody>, OriginError>> + 'static {
-        let client = self.client.clone();
-        let authority = self.authority.clone();
-        async move {
-            let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            let uri = Uri::try_from(format!("http://{authority}{path}")).map_err(|err| {
-                OriginError::Failed {
-                    origin: authority.clone(),
-                    reason: format!("bad request target: {err}"),
-                }
-            })?;
-            *request.uri_mut() = uri;
-            let response = client.request(request).await.map_err(|err| {
-                let reason = std::error::Error::source(&err)
-                    .map_or_else(|| err.to_string(), |source| source.to_string());
-                if err.is_connect() {
-                    OriginError::Unreachable {
-                        origin: authority.clone(),
-                        reason,
-                    }
-                } else {
-                    OriginError::Failed {
-                        origin: authority.clone(),
-                        reason,
-                    }
-                }
-            })?;
-            Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
-        }
-    }
-
-    fn describe(&self) -> String {
-        self.authority.clone()
     }
 }

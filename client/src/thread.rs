@@ -4,7 +4,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use crate::{ClientOptions, ConnectError, Origin, Tunnel};
+use crate::{ClientOptions, ConnectError, Counters, Origin, Tunnel};
 
 /// A tunnel running on its own thread with a single-threaded runtime.
 ///
@@ -13,6 +13,7 @@ pub struct TunnelThread {
     url: String,
     name: String,
     registrations: tokio::sync::watch::Receiver<u64>,
+    counters: Counters,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), ConnectError>>>,
 }
@@ -47,6 +48,7 @@ impl TunnelThread {
                         tunnel.url().to_owned(),
                         tunnel.name().to_owned(),
                         tunnel.registrations(),
+                        tunnel.counters(),
                     )));
                     tunnel
                         .run(async {
@@ -55,13 +57,14 @@ impl TunnelThread {
                         .await
                 })
             })?;
-        let (url, name, registrations) = ready_rx
+        let (url, name, registrations, counters) = ready_rx
             .recv()
             .map_err(|_| std::io::Error::other("the tunnel thread died before registering"))??;
         Ok(Self {
             url,
             name,
             registrations,
+            counters,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -80,6 +83,11 @@ impl TunnelThread {
     /// See [`Tunnel::registrations`].
     pub fn registrations(&self) -> tokio::sync::watch::Receiver<u64> {
         self.registrations.clone()
+    }
+
+    /// Live counts of WebSockets and capabilities.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Shuts the tunnel down gracefully and waits for its thread.

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::connect::{register, ConnectError, Connection};
 use crate::fetcher::{Active, FetcherImpl};
 use crate::origin::Origin;
-use crate::ClientOptions;
+use crate::{ClientOptions, Counters};
 
 /// First wait before a reconnect; it doubles up to `ClientOptions::max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -23,6 +23,7 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// It runs on the current `LocalSet` (capnp-rpc is single-threaded).
 pub struct Tunnel {
     options: ClientOptions,
+    counters: Counters,
     /// Counts successful registrations: 1 after `connect`, +1 per reconnect.
     registrations: tokio::sync::watch::Sender<u64>,
     fetcher: fetcher::Client,
@@ -38,12 +39,18 @@ impl Tunnel {
         origin: O,
     ) -> Result<Self, ConnectError> {
         let active = Rc::new(Active::default());
-        let fetcher: fetcher::Client =
-            capnp_rpc::new_client(FetcherImpl::new(origin, active.clone()));
+        let counters = Counters::default();
+        let fetcher: fetcher::Client = capnp_rpc::new_client(FetcherImpl::new(
+            origin,
+            active.clone(),
+            counters.clone(),
+            options.max_ws_message,
+        ));
         let name = options.name.clone().unwrap_or_default();
         let connection = register(&options.gateway, &name, &options.token, &fetcher).await?;
         Ok(Self {
             options,
+            counters,
             registrations: tokio::sync::watch::Sender::new(1),
             fetcher,
             active,
@@ -59,6 +66,11 @@ impl Tunnel {
     /// The registered name.
     pub fn name(&self) -> &str {
         &self.connection.name
+    }
+
+    /// Live counts of WebSockets and capabilities.
+    pub fn counters(&self) -> Counters {
+        self.counters.clone()
     }
 
     /// Watches the number of successful registrations: 1 after `connect`, one more after

@@ -143,7 +143,7 @@ fn streamed_response(
 
 /// Adds the visitor's address to `X-Forwarded-For` and sets `-Proto` and `-Host`, as
 /// reverse proxies do, so the origin can tell who asked and under what name.
-fn add_forwarded(headers: &mut HeaderMap, visitor: SocketAddr, scheme: &str) {
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, visitor: SocketAddr, scheme: &str) {
     let ip = visitor.ip().to_string();
     let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {ip}"),

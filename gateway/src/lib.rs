@@ -5,6 +5,7 @@
 //! - `route`: `Host` header to a tunnel, the connect endpoint, or 404.
 //! - `fetch`: one HTTP request as one `Fetcher.fetch` call.
 //! - `body`: the `Responder` and `BodySource` capabilities and the visitor's response body.
+//! - `websocket`: one visitor WebSocket: `connectWebSocket`, the upgrade, two pumps.
 //! - `session`: one tunnel connection: `Gateway.register`, heartbeat, cleanup.
 //! - `registry`: live tunnels by name and names held for reconnecting tunnels.
 //! - `error`: every failure mapped to one HTTP answer.
@@ -22,6 +23,7 @@ mod registry;
 mod route;
 mod session;
 mod thread;
+mod websocket;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -63,6 +65,9 @@ pub struct GatewayOptions {
     pub bare_to_single_tunnel: bool,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// The largest WebSocket message a visitor may send; a bigger one closes that socket
+    /// with 1009. At most [`capstan::websocket::MAX_MESSAGE_LIMIT`].
+    pub max_ws_message: usize,
 }
 
 impl Default for GatewayOptions {
@@ -78,6 +83,7 @@ impl Default for GatewayOptions {
             register_timeout: Duration::from_secs(10),
             bare_to_single_tunnel: false,
             drain_timeout: Duration::from_secs(10),
+            max_ws_message: capstan::websocket::DEFAULT_MAX_MESSAGE,
         }
     }
 }
@@ -92,7 +98,24 @@ pub(crate) struct State {
     next_session: Cell<u64>,
     /// Owns every tunnel session task; cancelled after the HTTP side drained.
     pub(crate) sessions: TaskTracker,
+    /// Owns every visitor WebSocket pump.
+    pub(crate) sockets: TaskTracker,
+    /// Ends sessions and closes visitor sockets with 1001.
     pub(crate) stop_sessions: CancellationToken,
+    pub(crate) counters: Counters,
+}
+
+/// Live counts of a gateway's sockets, capabilities and connections. Cheap to clone and
+/// `Send`, so a test or health check on another thread can read and wait on them.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Visitor WebSockets being pumped.
+    pub websockets: capstan::gauge::Gauge,
+    /// `WebSocketHandle` capabilities for visitor sockets not yet released by tunnels.
+    pub socket_handles: capstan::gauge::Gauge,
+    /// Tunnel connections (WebSocket or raw RPC).
+    pub sessions: capstan::gauge::Gauge,
 }
 
 impl State {
@@ -123,6 +146,15 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway that will serve visitors and tunnel WebSockets on `listener`.
     pub fn new(options: GatewayOptions, listener: TcpListener) -> io::Result<Self> {
+        if options.max_ws_message > capstan::websocket::MAX_MESSAGE_LIMIT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the WebSocket message cap may be at most {} bytes",
+                    capstan::websocket::MAX_MESSAGE_LIMIT
+                ),
+            ));
+        }
         let addr = listener.local_addr()?;
         let (public_scheme, public_host) = public_base(&options, addr);
         let registry = registry::Registry::new(options.grace, options.max_inflight_per_tunnel);
@@ -134,7 +166,9 @@ impl Gateway {
                 public_host,
                 next_session: Cell::new(1),
                 sessions: TaskTracker::new(),
+                sockets: TaskTracker::new(),
                 stop_sessions: CancellationToken::new(),
+                counters: Counters::default(),
             }),
             listener,
             rpc_listener: None,
@@ -157,26 +191,16 @@ impl Gateway {
         self.state.registry.borrow().live_count()
     }
 
-    /// A handle that reports counters while [`serve`](Gateway::serve) runs.
-    pub fn stats(&self) -> Stats {
-        Stats(self.state.clone())
+    /// Live counts of sockets, capabilities and tunnel connections.
+    pub fn counters(&self) -> Counters {
+        self.state.counters.clone()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
-    /// finish for up to `drain_timeout`, and closes every tunnel.
+    /// finish for up to `drain_timeout`, closes visitor WebSockets with 1001, and closes
+    /// every tunnel.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         listen::serve(self.state, self.listener, self.rpc_listener, shutdown).await
-    }
-}
-
-/// Live counters of a gateway, for tests and health checks.
-#[derive(Clone)]
-pub struct Stats(Rc<State>);
-
-impl Stats {
-    /// The number of live tunnels.
-    pub fn tunnels(&self) -> usize {
-        self.0.registry.borrow().live_count()
     }
 }
 

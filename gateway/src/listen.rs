@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::body::GatewayBody;
 use crate::error::ProxyError;
 use crate::route::{route, Route};
-use crate::{fetch, session, State};
+use crate::{fetch, session, websocket, State};
 
 /// How long to wait after a failed `accept` (e.g. out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -70,7 +70,9 @@ pub(crate) async fn serve(
     }
     state.stop_sessions.cancel();
     state.sessions.close();
+    state.sockets.close();
     state.sessions.wait().await;
+    state.sockets.wait().await;
     Ok(())
 }
 
@@ -141,9 +143,11 @@ async fn handle(
     let result = match route(&state, &request) {
         Route::Connect => connect_tunnel(&state, peer, request),
         Route::Tunnel(tunnel) => {
-            if request.headers().contains_key(UPGRADE) {
+            if websocket::is_upgrade(&request) {
+                websocket::proxy(&state, tunnel, peer, request).await
+            } else if request.headers().contains_key(UPGRADE) {
                 Err(ProxyError::Unsupported(
-                    "this gateway does not carry protocol upgrades yet".into(),
+                    "only WebSocket upgrades are carried".into(),
                 ))
             } else {
                 fetch::proxy(tunnel, peer, state.public_scheme(), request).await
@@ -164,17 +168,12 @@ fn connect_tunnel(
     peer: SocketAddr,
     mut request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, ProxyError> {
-    let is_websocket = request
-        .headers()
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = request.headers().get(SEC_WEBSOCKET_KEY).cloned();
-    let (true, Some(key)) = (is_websocket, key) else {
+    if !websocket::is_upgrade(&request) {
         return Err(ProxyError::BadRequest(
             "this is the tunnel endpoint; connect to it with a capstan client".into(),
         ));
-    };
+    }
+    let key = websocket::handshake_key(&request)?;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let state2 = state.clone();
     // Owned by the session tracker, which the shutdown closes and waits for.

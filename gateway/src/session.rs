@@ -20,11 +20,16 @@ where
     T: futures::AsyncRead + futures::AsyncWrite + Unpin + 'static,
 {
     let id = state.next_session_id();
+    let live = state.counters.sessions.guard();
     let span = tracing::info_span!("tunnel", session = id, %peer);
     let state2 = state.clone();
-    state
-        .sessions
-        .spawn_local(run(state2, io, id).instrument(span));
+    state.sessions.spawn_local(
+        async move {
+            run(state2, io, id).await;
+            drop(live);
+        }
+        .instrument(span),
+    );
 }
 
 /// The tunnels registered on one connection.

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use crate::{Gateway, GatewayOptions};
+use crate::{Counters, Gateway, GatewayOptions};
 
 /// A gateway running on its own thread with its own single-threaded runtime.
 ///
@@ -14,6 +14,7 @@ use crate::{Gateway, GatewayOptions};
 pub struct GatewayThread {
     addr: SocketAddr,
     rpc_addr: Option<SocketAddr>,
+    counters: Counters,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
@@ -32,6 +33,7 @@ impl GatewayThread {
             l.set_nonblocking(true)?;
         }
         let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("capstan-gateway".into())
             .spawn(move || {
@@ -40,21 +42,37 @@ impl GatewayThread {
                     .build()?;
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, async move {
-                    let mut gateway =
-                        Gateway::new(options, tokio::net::TcpListener::from_std(listener)?)?;
-                    if let Some(l) = rpc_listener {
-                        gateway = gateway.with_rpc_listener(tokio::net::TcpListener::from_std(l)?);
-                    }
+                    let built = (|| {
+                        let mut gateway =
+                            Gateway::new(options, tokio::net::TcpListener::from_std(listener)?)?;
+                        if let Some(l) = rpc_listener {
+                            gateway =
+                                gateway.with_rpc_listener(tokio::net::TcpListener::from_std(l)?);
+                        }
+                        Ok::<_, io::Error>(gateway)
+                    })();
+                    let gateway = match built {
+                        Ok(gateway) => gateway,
+                        Err(err) => {
+                            let _ = ready_tx.send(Err(err)); // Reported through `spawn`.
+                            return Ok(());
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(gateway.counters()));
                     gateway
                         .serve(async {
-                            let _ = stopped.await; // Dropped sender also means stop.
+                            let _ = stopped.await; // A dropped sender also means stop.
                         })
                         .await
                 })
             })?;
+        let counters = ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("the gateway thread died while starting"))??;
         Ok(Self {
             addr,
             rpc_addr,
+            counters,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -68,6 +86,11 @@ impl GatewayThread {
     /// The raw RPC address, when one was given.
     pub fn rpc_addr(&self) -> Option<SocketAddr> {
         self.rpc_addr
+    }
+
+    /// Live counts of sockets, capabilities and tunnel connections.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Stops the gateway gracefully and waits for its thread.

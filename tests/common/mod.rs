@@ -3,6 +3,7 @@
 
 pub mod origin;
 pub mod relay;
+pub mod ws_origin;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,9 +18,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+#[allow(unused_imports)]
 pub use origin::TestOrigin;
 #[allow(unused_imports)]
 pub use relay::Relay;
+#[allow(unused_imports)]
+pub use ws_origin::WsOrigin;
 
 /// A body a visitor sends.
 pub type VisitorBody = BoxBody<Bytes, std::io::Error>;

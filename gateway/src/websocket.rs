@@ -1,0 +1,310 @@
+//! One visitor WebSocket: `connectWebSocket` before the upgrade, then one pump each way.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use capstan::capstan_capnp::web_socket_handle;
+use capstan::gauge::GaugeGuard;
+use capstan::websocket::{self as ws, GOING_AWAY, TOO_BIG};
+use futures::{SinkExt, StreamExt};
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::body::{full, GatewayBody};
+use crate::error::ProxyError;
+use crate::fetch::add_forwarded;
+use crate::registry::Tunnel;
+use crate::State;
+
+/// Messages from the tunnel waiting for the visitor's socket. Two is enough to keep the
+/// socket busy; the capnp stream window holds the rest back at the tunnel.
+const OUTBOUND_DEPTH: usize = 2;
+
+/// Asks the outbound pump to complete a close handshake the visitor started.
+const REPLY: (u16, &str) = (0, "");
+
+/// After one direction closed, how long the other may take to finish its close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// True when `request` asks for a WebSocket (as opposed to another upgrade).
+pub(crate) fn is_upgrade<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The visitor's `Sec-WebSocket-Key`, once the handshake is checked to be one we can finish.
+pub(crate) fn handshake_key<B>(request: &Request<B>) -> Result<HeaderValue, ProxyError> {
+    let version = request.headers().get(SEC_WEBSOCKET_VERSION);
+    if version.is_none_or(|v| v != "13") {
+        return Err(ProxyError::BadRequest(
+            "WebSocket version must be 13".into(),
+        ));
+    }
+    request
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or_else(|| ProxyError::BadRequest("missing Sec-WebSocket-Key".into()))
+}
+
+/// Opens the origin's socket through `tunnel`, and only then answers the visitor: with
+/// 101 and a pump task, or with the origin's refusal as it was.
+pub(crate) async fn proxy(
+    state: &Rc<State>,
+    tunnel: Rc<Tunnel>,
+    visitor: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, ProxyError> {
+    let key = handshake_key(&request)?;
+    // The handshake counts as an in-flight request; the open socket does not.
+    let permit =
+        tunnel
+            .inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::TunnelBusy {
+                name: tunnel.name.clone(),
+                limit: tunnel.inflight_limit(),
+            })?;
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let (mut parts, _) = request.into_parts();
+    add_forwarded(&mut parts.headers, visitor, state.public_scheme());
+    for name in ws::PER_HOP_HEADERS {
+        parts.headers.remove(name);
+    }
+    let (public, outbound) = PublicSocket::client(state);
+    let mut call = tunnel.fetcher.connect_web_socket_request();
+    {
+        let mut params = call.get();
+        let mut wire = params.reborrow().init_request();
+        wire.set_method(parts.method.as_str());
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        wire.set_path(path.as_bytes());
+        capstan::headers::write(&parts.headers, &[], |n| wire.reborrow().init_headers(n));
+        params.set_public_socket(public);
+    }
+    let answer = call.send().promise.await.map_err(ProxyError::from_capnp)?;
+    drop(permit);
+    let protocol = |err: capnp::Error| ProxyError::Protocol(err.to_string());
+    let answer = answer.get().map_err(protocol)?;
+    let head = answer.get_response().map_err(protocol)?;
+    let status = StatusCode::from_u16(head.get_status())
+        .map_err(|_| ProxyError::Protocol(format!("bad status {}", head.get_status())))?;
+    let mut headers =
+        capstan::headers::read(head.get_headers().map_err(protocol)?).map_err(protocol)?;
+    if !answer.has_local_socket() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProxyError::Protocol("a 101 answer without a socket".into()));
+        }
+        // The origin refused: the visitor gets its answer as is, at once.
+        let body = bytes::Bytes::copy_from_slice(head.get_body().map_err(protocol)?);
+        let mut response = Response::new(full(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        return Ok(response);
+    }
+    let local = answer.get_local_socket().map_err(protocol)?;
+
+    for name in ws::PER_HOP_HEADERS {
+        headers.remove(name);
+    }
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    let mut response = Response::new(full(bytes::Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = headers;
+
+    let pump = Pump {
+        local,
+        outbound,
+        max_message: state.options.max_ws_message,
+        stop: state.stop_sessions.clone(),
+        _live: state.counters.websockets.guard(),
+    };
+    // Owned by the socket tracker; ends on close, on either side's loss, or on shutdown.
+    state.sockets.spawn_local(pump.run(on_upgrade));
+    Ok(response)
+}
+
+/// What the tunnel asks the visitor's socket to do.
+enum Outbound {
+    Message(Message),
+    Close(u16, String),
+}
+
+/// The visitor's socket as a capability: the tunnel's `send` calls land here.
+struct PublicSocket {
+    tx: mpsc::Sender<Outbound>,
+    _live: GaugeGuard,
+}
+
+impl PublicSocket {
+    fn client(state: &State) -> (web_socket_handle::Client, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
+        let client = capnp_rpc::new_client(Self {
+            tx,
+            _live: state.counters.socket_handles.guard(),
+        });
+        (client, rx)
+    }
+}
+
+impl web_socket_handle::Server for PublicSocket {
+    async fn send(
+        self: Rc<Self>,
+        params: web_socket_handle::SendParams,
+    ) -> Result<(), capnp::Error> {
+        let message = ws::read_message(params.get()?.get_message()?)?;
+        // Waits while the visitor is slow to read: that is the backpressure.
+        self.tx
+            .send(Outbound::Message(message))
+            .await
+            .map_err(|_| capnp::Error::failed("the visitor's socket is closed".into()))
+    }
+
+    async fn close(
+        self: Rc<Self>,
+        params: web_socket_handle::CloseParams,
+        _: web_socket_handle::CloseResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let reason = params.get_reason()?.to_string()?;
+        // A socket that is already gone needs no close.
+        let _ = self
+            .tx
+            .send(Outbound::Close(params.get_code(), reason))
+            .await;
+        Ok(())
+    }
+}
+
+struct Pump {
+    local: web_socket_handle::Client,
+    outbound: mpsc::Receiver<Outbound>,
+    max_message: usize,
+    stop: CancellationToken,
+    _live: GaugeGuard,
+}
+
+impl Pump {
+    async fn run(self, on_upgrade: OnUpgrade) {
+        let Self {
+            local,
+            mut outbound,
+            max_message,
+            stop,
+            _live,
+        } = self;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                debug!(%err, "visitor upgrade failed");
+                let _ = ws::close(&local, GOING_AWAY, "visitor connection lost").await;
+                return;
+            }
+        };
+        let socket = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(ws::config(max_message)),
+        )
+        .await;
+        let (mut sink, mut stream) = socket.split();
+        // Lets the inbound pump ask the outbound one to close the visitor's socket.
+        let (closing_tx, closing_rx) = oneshot::channel::<(u16, &'static str)>();
+
+        let inbound = async {
+            let local = &local;
+            let (code, reason) = loop {
+                match stream.next().await {
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                        if ws::send(local, &message).await.is_err() {
+                            let _ = closing_tx.send((GOING_AWAY, "the tunnel went away"));
+                            return;
+                        }
+                    }
+                    // Ping and pong are per hop; tungstenite answers pings itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(frame))) => {
+                        // Answer the visitor's close now; the origin's answer is not needed.
+                        let _ = closing_tx.send(REPLY);
+                        break ws::from_frame(frame.as_ref());
+                    }
+                    Some(Err(WsError::Capacity(err))) => {
+                        debug!(%err, "visitor message over the cap");
+                        let _ = closing_tx.send((TOO_BIG, "message too big"));
+                        break (TOO_BIG, "message too big".to_owned());
+                    }
+                    Some(Err(_)) | None => {
+                        break (GOING_AWAY, "visitor connection lost".to_owned())
+                    }
+                }
+            };
+            let _ = ws::close(local, code, &reason).await;
+        };
+
+        let outbound = async {
+            let mut closing = Some(closing_rx);
+            loop {
+                let next = tokio::select! {
+                    next = outbound.recv() => next,
+                    asked = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
+                        match asked {
+                            Ok(REPLY) => {
+                                let _ = sink.close().await;
+                                return;
+                            }
+                            Ok((code, reason)) => Some(Outbound::Close(code, reason.into())),
+                            Err(_) => { closing = None; continue; }
+                        }
+                    }
+                    () = stop.cancelled() => Some(Outbound::Close(GOING_AWAY, "gateway shutting down".into())),
+                };
+                match next {
+                    Some(Outbound::Message(message)) => {
+                        if sink.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Outbound::Close(code, reason)) => {
+                        let _ = sink.send(Message::Close(ws::to_frame(code, &reason))).await;
+                        return;
+                    }
+                    // The tunnel released the socket or died: the visitor gets 1001.
+                    None => {
+                        let frame = ws::to_frame(GOING_AWAY, "the tunnel went away");
+                        let _ = sink.send(Message::Close(frame)).await;
+                        return;
+                    }
+                }
+            }
+        };
+
+        tokio::pin!(inbound, outbound);
+        tokio::select! {
+            () = &mut inbound => { let _ = tokio::time::timeout(CLOSE_GRACE, outbound).await; }
+            () = &mut outbound => { let _ = tokio::time::timeout(CLOSE_GRACE, inbound).await; }
+        }
+    }
+}

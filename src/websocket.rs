@@ -1,0 +1,124 @@
+//! WebSocket messages and close frames on the wire, shared by both ends of a tunneled socket.
+
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::capstan_capnp::{message, web_socket_handle};
+
+/// Handshake headers that belong to one hop: each hop does its own key exchange and
+/// negotiates its own extensions (permessage-deflate). `Sec-WebSocket-Protocol` is not in
+/// the list: the subprotocol is negotiated end to end.
+pub const PER_HOP_HEADERS: [&str; 4] = [
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-accept",
+    "sec-websocket-extensions",
+];
+
+/// Default cap on one WebSocket message, each way.
+pub const DEFAULT_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// The largest cap allowed: one message must fit in one RPC message with room to spare,
+/// since an oversized RPC message would kill the whole tunnel connection.
+pub const MAX_MESSAGE_LIMIT: usize = crate::MAX_RPC_MESSAGE - 1024 * 1024;
+
+/// "Going away": what visitors and origins get when the other side vanished.
+pub const GOING_AWAY: u16 = 1001;
+/// "Message too big": what a socket gets for a message over the cap.
+pub const TOO_BIG: u16 = 1009;
+/// "No status received": a close without a code.
+pub const NO_STATUS: u16 = 1005;
+
+/// tungstenite settings for a socket whose messages may be up to `max_message` bytes.
+pub fn config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// Fills a `send` request with `message`; returns false for frames that are not data.
+pub fn write_message(builder: message::Builder<'_>, message: &Message) -> bool {
+    let mut builder = builder;
+    match message {
+        Message::Text(text) => builder.set_text(text.as_str()),
+        Message::Binary(data) => builder.set_binary(data),
+        _ => return false,
+    }
+    true
+}
+
+/// Reads a message off the wire into a tungstenite message.
+pub fn read_message(reader: message::Reader<'_>) -> capnp::Result<Message> {
+    Ok(match reader.which()? {
+        message::Text(text) => Message::text(text?.to_str()?),
+        message::Binary(data) => Message::binary(Bytes::copy_from_slice(data?)),
+    })
+}
+
+/// Sends one message on `handle`, awaiting flow control. Control frames are skipped.
+pub async fn send(handle: &web_socket_handle::Client, message: &Message) -> capnp::Result<()> {
+    let mut request = handle.send_request();
+    if !write_message(request.get().init_message(), message) {
+        return Ok(());
+    }
+    request.send().await
+}
+
+/// Calls `close(code, reason)` on `handle` and waits for it to be delivered.
+pub async fn close(
+    handle: &web_socket_handle::Client,
+    code: u16,
+    reason: &str,
+) -> capnp::Result<()> {
+    let mut request = handle.close_request();
+    request.get().set_code(code);
+    request.get().set_reason(reason);
+    request.send().promise.await.map(drop)
+}
+
+/// The code and reason of a received close frame (1005 when it had none).
+pub fn from_frame(frame: Option<&CloseFrame>) -> (u16, String) {
+    match frame {
+        Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
+        None => (NO_STATUS, String::new()),
+    }
+}
+
+/// The close frame to send for `code`: none for 1005, and 1001 for codes that must never
+/// appear on the wire (1006, 1015, out of range).
+pub fn to_frame(code: u16, reason: &str) -> Option<CloseFrame> {
+    if code == NO_STATUS {
+        return None;
+    }
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    let code = if sendable { code } else { GOING_AWAY };
+    // A close reason is at most 123 bytes; cut at a character boundary.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason[..end].to_owned().into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_map_to_sendable_frames() {
+        assert!(to_frame(NO_STATUS, "").is_none());
+        for code in [1000u16, 1001, 1008, 1009, 3000, 4999] {
+            assert_eq!(u16::from(to_frame(code, "r").unwrap().code), code);
+        }
+        for code in [1006u16, 1015, 999, 5000] {
+            assert_eq!(u16::from(to_frame(code, "").unwrap().code), GOING_AWAY);
+        }
+        let long = "é".repeat(100);
+        assert!(to_frame(1000, &long).unwrap().reason.len() <= 123);
+    }
+}
