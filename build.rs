@@ -5,10 +5,11 @@ fn main() {
     let request = capnpc_embedded::CompileCommand::new()
         .src_prefix("schema")
         .file("schema/capstan.capnp")
+        .file("schema/example.capnp")
         .compile()
-        .expect("compiling schema/capstan.capnp");
+        .expect("compiling schema/*.capnp");
     capnpc::codegen::CodeGenerationCommand::new()
         .output_directory(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
         .run(&request[..])
-        .expect("generating Rust from schema/capstan.capnp");
+        .expect("generating Rust from schema/*.capnp");
 }

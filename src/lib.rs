@@ -25,6 +25,13 @@ pub mod capstan_capnp {
     include!(concat!(env!("OUT_DIR"), "/capstan_capnp.rs"));
 }
 
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod example_capnp {
+    //! Generated from `schema/example.capnp`: the `Counter` that examples and tests serve
+    //! through a tunneled WebSocket. Not part of the protocol.
+    include!(concat!(env!("OUT_DIR"), "/example_capnp.rs"));
+}
+
 /// Path on the gateway's public port where tunnels open their WebSocket.
 pub const CONNECT_PATH: &str = "/_capstan/connect";
 

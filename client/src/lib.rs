@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`origin`]: the [`Origin`] trait: where requests and WebSockets go.
 //! - [`dial`]: [`LocalPort`] and [`ServiceOrigin`] (an in-process hyper/tower service).
+//! - `capability`: [`CapabilityOrigin`], a Cap'n Proto capability served over WebSockets.
 //! - `fetcher`: the `Fetcher` capability; one `fetch` call per visitor request.
 //! - `websocket`: one tunneled WebSocket at the origin's end.
 //! - `connect`: dialing the gateway and registering a name.
@@ -21,6 +22,7 @@
 //! ```
 //! A tunnel runs on a `tokio::task::LocalSet`: capnp-rpc is single-threaded.
 
+mod capability;
 mod connect;
 pub mod dial;
 pub mod embedded;
@@ -32,6 +34,7 @@ mod websocket;
 
 use std::time::Duration;
 
+pub use capability::CapabilityOrigin;
 pub use capstan::capstan_capnp::RegisterError;
 pub use connect::ConnectError;
 pub use dial::{LocalPort, ServiceOrigin};

@@ -46,6 +46,25 @@ impl Tunnel {
             counters.clone(),
             options.max_ws_message,
         ));
+        Self::register_fetcher(options, fetcher, active, counters).await
+    }
+
+    /// Registers `fetcher`, a `Fetcher` capability of your own: the lowest level, where
+    /// your code answers `fetch` and `connectWebSocket` calls itself (see
+    /// `examples/fetcher.rs`). The drain on shutdown does not track its calls.
+    pub async fn connect_fetcher(
+        options: ClientOptions,
+        fetcher: fetcher::Client,
+    ) -> Result<Self, ConnectError> {
+        Self::register_fetcher(options, fetcher, Rc::default(), Counters::default()).await
+    }
+
+    async fn register_fetcher(
+        options: ClientOptions,
+        fetcher: fetcher::Client,
+        active: Rc<Active>,
+        counters: Counters,
+    ) -> Result<Self, ConnectError> {
         let name = options.name.clone().unwrap_or_default();
         let connection = register(&options.gateway, &name, &options.token, &fetcher).await?;
         Ok(Self {
