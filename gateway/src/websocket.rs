@@ -283,7 +283,11 @@ impl Pump {
                 };
                 match next {
                     Some(Outbound::Message(message)) => {
-                        if sink.send(message).await.is_err() {
+                        // One flush per burst, not per message: pipelined messages share
+                        // a write.
+                        if sink.feed(message).await.is_err()
+                            || (outbound.is_empty() && sink.flush().await.is_err())
+                        {
                             return;
                         }
                     }
