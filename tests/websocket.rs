@@ -84,6 +84,10 @@ async fn handshake_headers_subprotocol_and_messages_cross_byte_exact() {
         ("origin", "https://app.example"),
         ("x-custom", "42"),
         ("sec-websocket-protocol", "chat.v1, chat.v2"),
+        (
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits",
+        ),
     ];
     let (mut socket, response) = open(&gateway, "ws", "/headers?room=7", &headers)
         .await
@@ -91,6 +95,8 @@ async fn handshake_headers_subprotocol_and_messages_cross_byte_exact() {
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v2");
     assert_eq!(response.headers()["set-cookie"], "ws=1");
+    // permessage-deflate is per hop, and this hop does not offer it.
+    assert!(!response.headers().contains_key("sec-websocket-extensions"));
 
     let Message::Text(seen) = next_data(&mut socket).await else {
         panic!("expected text")
@@ -424,4 +430,85 @@ async fn a_thousand_concurrent_sockets_through_one_tunnel_without_crosstalk() {
         tunnel.counters().websockets.wait_for(|n| *n == 0),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_are_reassembled_and_pings_stay_on_their_hop() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let origin = WsOrigin::start().await;
+    let (gateway, _tunnel) = setup_with(fast_gateway_options(), &origin);
+    let (mut socket, _) = open(&gateway, "ws", "/echo", &[]).await.unwrap();
+
+    // One text message in three frames; the origin gets (and echoes) it whole.
+    for (part, opcode, last) in [
+        ("frag", OpCode::Data(Data::Text), false),
+        ("men", OpCode::Data(Data::Continue), false),
+        ("ted ✓", OpCode::Data(Data::Continue), true),
+    ] {
+        socket
+            .send(Message::Frame(Frame::message(part, opcode, last)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(next_data(&mut socket).await, Message::text("fragmented ✓"));
+
+    socket
+        .send(Message::Ping(Bytes::from_static(b"are you there")))
+        .await
+        .unwrap();
+    loop {
+        match within("pong", socket.next()).await.unwrap().unwrap() {
+            Message::Pong(payload) => break assert_eq!(payload, "are you there"),
+            other => panic!("expected the gateway's pong, got {other:?}"),
+        }
+    }
+    socket.send(Message::text("after ping")).await.unwrap();
+    assert_eq!(next_data(&mut socket).await, Message::text("after ping"));
+    socket.close(None).await.unwrap();
+    // The origin's first report is the close: no ping ever reached it.
+    assert_eq!(
+        within("origin report", origin.report()).await,
+        "closed 1005 "
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abrupt_origin_drop_or_a_stopped_tunnel_is_a_1001_for_the_visitor() {
+    let origin = WsOrigin::start().await;
+    let (gateway, tunnel) = setup_with(fast_gateway_options(), &origin);
+
+    let (mut socket, _) = open(&gateway, "ws", "/drop", &[]).await.unwrap();
+    socket.send(Message::text("bye")).await.unwrap();
+    assert_eq!(close_of(&mut socket).await.0, 1001);
+
+    // The tunnel process stopping (here: its thread) closes its visitors' sockets.
+    let (mut socket, _) = open(&gateway, "ws", "/echo", &[]).await.unwrap();
+    socket.send(Message::text("up")).await.unwrap();
+    assert_eq!(next_data(&mut socket).await, Message::text("up"));
+    tokio::task::spawn_blocking(move || tunnel.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(close_of(&mut socket).await.0, 1001);
+    within(
+        "gateway sockets gone",
+        gateway.thread.counters().websockets.wait_for(|n| *n == 0),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shutdown_closes_open_sockets_with_1001() {
+    let origin = WsOrigin::start().await;
+    let (gateway, _tunnel) = setup_with(fast_gateway_options(), &origin);
+    let (mut socket, _) = open(&gateway, "ws", "/echo", &[]).await.unwrap();
+    socket.send(Message::text("up")).await.unwrap();
+    assert_eq!(next_data(&mut socket).await, Message::text("up"));
+    let stopping = tokio::task::spawn_blocking(move || gateway.thread.shutdown());
+    assert_eq!(
+        close_of(&mut socket).await,
+        (1001, "gateway shutting down".to_owned())
+    );
+    within("gateway stop", stopping).await.unwrap().unwrap();
 }

@@ -171,9 +171,17 @@ async fn serve(
                 return;
             }
             Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
+                if path.starts_with("/drop") {
+                    // Vanish without a close frame: the TCP connection just ends.
+                    return;
+                }
                 if sink.send(message).await.is_err() {
                     break;
                 }
+            }
+            // Pings must stay on the visitor's hop; report any that arrive.
+            Ok(Message::Ping(_)) => {
+                let _ = reports.send("ping".to_owned()).await;
             }
             Ok(_) => {}
             Err(_) => break,
