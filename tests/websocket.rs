@@ -55,9 +55,11 @@ async fn close_of(socket: &mut Socket) -> (u16, String) {
     loop {
         match within("close frame", socket.next()).await {
             Some(Ok(Message::Close(frame))) => {
+                // Keep polling so that our close reply goes out, as a browser's would.
+                while let Some(Ok(_)) = within("close reply", socket.next()).await {}
                 return frame.map_or((1005, String::new()), |f| {
                     (f.code.into(), f.reason.to_string())
-                })
+                });
             }
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),

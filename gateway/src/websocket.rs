@@ -268,6 +268,9 @@ impl Pump {
             let mut closing = Some(closing_rx);
             loop {
                 let next = tokio::select! {
+                    // First, so that a shutdown says so rather than "tunnel went away".
+                    biased;
+                    () = stop.cancelled() => Some(Outbound::Close(GOING_AWAY, "gateway shutting down".into())),
                     next = outbound.recv() => next,
                     asked = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
                         match asked {
@@ -279,7 +282,6 @@ impl Pump {
                             Err(_) => { closing = None; continue; }
                         }
                     }
-                    () = stop.cancelled() => Some(Outbound::Close(GOING_AWAY, "gateway shutting down".into())),
                 };
                 match next {
                     Some(Outbound::Message(message)) => {
