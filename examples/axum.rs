@@ -1,14 +1,14 @@
 //! Serves an axum app (a page and a WebSocket echo) through a tunnel, with no local port.
 //!
 //! Run it with `cargo run --example axum`. It uses the gateway given by
-//! `-- --gateway http://127.0.0.1:8080` or `CAPSTAN_GATEWAY`, and otherwise starts one
+//! `CAPSTAN_GATEWAY`, and otherwise starts one
 //! inside this process. The public URL is the first line on stdout; Ctrl-C stops it.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
-use capstan_client::embedded::{self, Embedded};
+use capstan_client::embedded::GatewayChoice;
 use capstan_client::{ClientOptions, ServiceOrigin, Tunnel};
 
 const PAGE: &str = r#"<!doctype html>
@@ -48,20 +48,6 @@ async fn echo(mut socket: WebSocket) {
     }
 }
 
-/// `--gateway URL` (or `--gateway=URL`), else `CAPSTAN_GATEWAY`.
-fn gateway_arg() -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--gateway" {
-            return args.next();
-        }
-        if let Some(url) = arg.strip_prefix("--gateway=") {
-            return Some(url.to_owned());
-        }
-    }
-    std::env::var("CAPSTAN_GATEWAY").ok()
-}
-
 // One thread and a LocalSet: the tunnel is `!Send`, since capnp-rpc is single-threaded.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -74,15 +60,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve() -> anyhow::Result<()> {
-    // Kept alive for as long as the tunnel runs: dropping it stops the gateway.
-    let (gateway, embedded) = match gateway_arg() {
-        Some(url) => (url, None),
-        None => {
-            let embedded = Embedded::start(embedded::DEFAULT_ADDR).await?;
-            (embedded.gateway_url(), Some(embedded))
-        }
-    };
-    let options = ClientOptions::new(gateway);
+    // Kept for as long as the tunnel runs: an embedded gateway lives in this process.
+    let gateway = GatewayChoice::pick(std::env::var("CAPSTAN_GATEWAY").ok()).await?;
+    let options = ClientOptions::new(gateway.url());
     // Each connection the gateway makes becomes an in-memory pipe to the Router.
     let tunnel = Tunnel::connect(options, ServiceOrigin::new(app())).await?;
     println!("{}", tunnel.url());
@@ -91,8 +71,6 @@ async fn serve() -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    if let Some(embedded) = embedded {
-        embedded.shutdown().await?;
-    }
+    gateway.shutdown().await?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capstan::example_capnp::counter;
 use capstan::transport::{rpc_system, WebSocketIo};
-use capstan_client::embedded::{self, Embedded};
+use capstan_client::embedded::GatewayChoice;
 use capstan_client::{CapabilityOrigin, ClientOptions, Tunnel};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -49,29 +49,23 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(gateway: Option<&str>) -> anyhow::Result<()> {
-    let gateway = gateway.map(str::to_owned);
-    // Kept alive for as long as the tunnel runs: dropping it stops the gateway.
-    let (gateway, embedded) = match gateway.or_else(|| std::env::var("CAPSTAN_GATEWAY").ok()) {
-        Some(url) => (url, None),
-        None => {
-            let embedded = Embedded::start(embedded::DEFAULT_ADDR).await?;
-            (embedded.gateway_url(), Some(embedded))
-        }
-    };
+    let url = gateway
+        .map(str::to_owned)
+        .or_else(|| std::env::var("CAPSTAN_GATEWAY").ok());
+    // Kept for as long as the tunnel runs: an embedded gateway lives in this process.
+    let gateway = GatewayChoice::pick(url).await?;
     // Called once per visitor WebSocket: that connection's bootstrap capability.
     let origin = CapabilityOrigin::new(|| {
         capnp_rpc::new_client::<counter::Client, _>(Counter(Cell::new(0))).client
     });
-    let tunnel = Tunnel::connect(ClientOptions::new(gateway), origin).await?;
+    let tunnel = Tunnel::connect(ClientOptions::new(gateway.url()), origin).await?;
     println!("{}", tunnel.url());
     tunnel
         .run(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    if let Some(embedded) = embedded {
-        embedded.shutdown().await?;
-    }
+    gateway.shutdown().await?;
     Ok(())
 }
 

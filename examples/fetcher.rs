@@ -1,14 +1,14 @@
 //! The lowest level: a hand-written `Fetcher` capability that answers every request itself.
 //!
 //! Run it with `cargo run --example fetcher`. It uses the gateway given by
-//! `-- --gateway http://127.0.0.1:8080` or `CAPSTAN_GATEWAY`, and otherwise starts one
+//! `CAPSTAN_GATEWAY`, and otherwise starts one
 //! inside this process. The public URL is the first line on stdout; Ctrl-C stops it.
 //! Every request gets `200 text/plain` with its method and path; WebSockets get 502.
 
 use std::rc::Rc;
 
 use capstan::capstan_capnp::fetcher;
-use capstan_client::embedded::{self, Embedded};
+use capstan_client::embedded::GatewayChoice;
 use capstan_client::{ClientOptions, Tunnel};
 
 struct Echo;
@@ -42,20 +42,6 @@ impl fetcher::Server for Echo {
     // heartbeat any answer, even that one, proves the tunnel alive.
 }
 
-/// `--gateway URL` (or `--gateway=URL`), else `CAPSTAN_GATEWAY`.
-fn gateway_arg() -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--gateway" {
-            return args.next();
-        }
-        if let Some(url) = arg.strip_prefix("--gateway=") {
-            return Some(url.to_owned());
-        }
-    }
-    std::env::var("CAPSTAN_GATEWAY").ok()
-}
-
 // One thread and a LocalSet: capnp-rpc capabilities are `!Send`.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -67,24 +53,16 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve() -> anyhow::Result<()> {
-    // Kept alive for as long as the tunnel runs: dropping it stops the gateway.
-    let (gateway, embedded) = match gateway_arg() {
-        Some(url) => (url, None),
-        None => {
-            let embedded = Embedded::start(embedded::DEFAULT_ADDR).await?;
-            (embedded.gateway_url(), Some(embedded))
-        }
-    };
+    // Kept for as long as the tunnel runs: an embedded gateway lives in this process.
+    let gateway = GatewayChoice::pick(std::env::var("CAPSTAN_GATEWAY").ok()).await?;
     let fetcher: fetcher::Client = capnp_rpc::new_client(Echo);
-    let tunnel = Tunnel::connect_fetcher(ClientOptions::new(gateway), fetcher).await?;
+    let tunnel = Tunnel::connect_fetcher(ClientOptions::new(gateway.url()), fetcher).await?;
     println!("{}", tunnel.url());
     tunnel
         .run(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    if let Some(embedded) = embedded {
-        embedded.shutdown().await?;
-    }
+    gateway.shutdown().await?;
     Ok(())
 }

@@ -312,6 +312,10 @@ async fn an_upload_cut_by_the_visitor_aborts_the_origin_request() {
     socket.write_all(&pattern(0, 0x10000)).await.unwrap();
     socket.write_all(b"\r\n").await.unwrap();
     socket.flush().await.unwrap();
+    assert_eq!(
+        within("upload reaches the origin", origin.arrival()).await,
+        "sink: started"
+    );
     drop(socket); // Mid-body: no terminating chunk.
 
     let outcome = within("origin sees the cut", origin.arrival()).await;
@@ -338,4 +342,22 @@ async fn a_tunnel_whose_connection_goes_silent_reconnects_by_itself() {
         .unwrap();
     let (status, _, body) = Visitor::new(gateway.addr()).get("quiet", "/cookies").await;
     assert_eq!((status, body), (StatusCode::OK, Bytes::from("cookies")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_headers_are_refused_with_400() {
+    let gateway = TestGateway::start();
+    let mut socket = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    socket
+        .write_all(b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nhost: demo.localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    within("400", socket.read_to_string(&mut response))
+        .await
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("more than one Host header"), "{response}");
 }

@@ -8,64 +8,13 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use capstan_client::TunnelThread;
 use common::relay::Mode;
+use common::ws::{close_of, next_data, open};
 use common::*;
 use futures::{SinkExt, StreamExt};
 use http::StatusCode;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens a visitor WebSocket to `path` at tunnel `name`, with extra headers.
-async fn open(
-    gateway: &TestGateway,
-    name: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<(Socket, http::Response<Option<Vec<u8>>>), WsError> {
-    let mut request = format!("ws://{}{path}", gateway.addr())
-        .into_client_request()
-        .unwrap();
-    let host = format!("{name}.localhost:{}", gateway.addr().port());
-    request.headers_mut().insert("host", host.parse().unwrap());
-    for (key, value) in headers {
-        let name = http::HeaderName::from_bytes(key.as_bytes()).unwrap();
-        request.headers_mut().append(name, value.parse().unwrap());
-    }
-    let config = capstan::websocket::config(64 << 20);
-    tokio_tungstenite::connect_async_with_config(request, Some(config), true).await
-}
-
-/// Reads the next data message, skipping control frames.
-async fn next_data(socket: &mut Socket) -> Message {
-    loop {
-        match within("next message", socket.next()).await {
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(message)) => return message,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-}
-
-/// Reads until the close frame and returns its code and reason.
-async fn close_of(socket: &mut Socket) -> (u16, String) {
-    loop {
-        match within("close frame", socket.next()).await {
-            Some(Ok(Message::Close(frame))) => {
-                // Keep polling so that our close reply goes out, as a browser's would.
-                while let Some(Ok(_)) = within("close reply", socket.next()).await {}
-                return frame.map_or((1005, String::new()), |f| {
-                    (f.code.into(), f.reason.to_string())
-                });
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-}
 
 fn setup_with(
     options: capstan_gateway::GatewayOptions,
@@ -459,11 +408,9 @@ async fn fragments_are_reassembled_and_pings_stay_on_their_hop() {
         .send(Message::Ping(Bytes::from_static(b"are you there")))
         .await
         .unwrap();
-    loop {
-        match within("pong", socket.next()).await.unwrap().unwrap() {
-            Message::Pong(payload) => break assert_eq!(payload, "are you there"),
-            other => panic!("expected the gateway's pong, got {other:?}"),
-        }
+    match within("pong", socket.next()).await.unwrap().unwrap() {
+        Message::Pong(payload) => assert_eq!(payload, "are you there"),
+        other => panic!("expected the gateway's pong, got {other:?}"),
     }
     socket.send(Message::text("after ping")).await.unwrap();
     assert_eq!(next_data(&mut socket).await, Message::text("after ping"));

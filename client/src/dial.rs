@@ -149,6 +149,24 @@ fn failed(origin: String, err: impl std::fmt::Display) -> OriginError {
     }
 }
 
+/// The URI a request goes to the pool with. The pool keys connections by authority, and
+/// ours always dials the one origin, so the authority is a fixed placeholder.
+fn pool_uri(target: &Uri, origin: &str) -> Result<Uri, OriginError> {
+    let path = target.path_and_query().map_or("/", |pq| pq.as_str());
+    Uri::try_from(format!("http://origin{path}"))
+        .map_err(|err| failed(origin.to_owned(), format!("bad request target: {err}")))
+}
+
+/// Names what went wrong with a request to `origin`: unreachable, or failed after connecting.
+fn request_failed(origin: &str, err: &hyper_util::client::legacy::Error) -> OriginError {
+    let reason = std::error::Error::source(err).map_or_else(|| err.to_string(), |s| s.to_string());
+    if err.is_connect() {
+        unreachable(origin.to_owned(), reason)
+    } else {
+        failed(origin.to_owned(), reason)
+    }
+}
+
 impl<D: Dial> Origin for HttpOrigin<D> {
     fn serve(
         &self,
@@ -157,20 +175,11 @@ impl<D: Dial> Origin for HttpOrigin<D> {
         let client = self.client.clone();
         let origin = self.dial.describe();
         async move {
-            // The pool keys connections by URI authority; ours always dials one place.
-            let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            let uri = Uri::try_from(format!("http://origin{path}"))
-                .map_err(|err| failed(origin.clone(), format!("bad request target: {err}")))?;
-            *request.uri_mut() = uri;
-            let response = client.request(request).await.map_err(|err| {
-                let reason = std::error::Error::source(&err)
-                    .map_or_else(|| err.to_string(), |source| source.to_string());
-                if err.is_connect() {
-                    unreachable(origin.clone(), reason)
-                } else {
-                    failed(origin.clone(), reason)
-                }
-            })?;
+            *request.uri_mut() = pool_uri(request.uri(), &origin)?;
+            let response = client
+                .request(request)
+                .await
+                .map_err(|err| request_failed(&origin, &err))?;
             Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
         }
     }
@@ -184,9 +193,7 @@ impl<D: Dial> Origin for HttpOrigin<D> {
         let origin = self.dial.describe();
         async move {
             let (mut parts, ()) = request.into_parts();
-            let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            parts.uri = Uri::try_from(format!("http://origin{path}"))
-                .map_err(|err| failed(origin.clone(), format!("bad request target: {err}")))?;
+            parts.uri = pool_uri(&parts.uri, &origin)?;
             // This hop's own handshake; the visitor's key stayed at the gateway.
             let key = generate_key();
             let headers = &mut parts.headers;
@@ -198,15 +205,10 @@ impl<D: Dial> Origin for HttpOrigin<D> {
                 HeaderValue::from_str(&key).expect("base64 is a valid header value"),
             );
             let request = Request::from_parts(parts, RequestBody::full(Bytes::new()));
-            let mut response = client.request(request).await.map_err(|err| {
-                let reason = std::error::Error::source(&err)
-                    .map_or_else(|| err.to_string(), |source| source.to_string());
-                if err.is_connect() {
-                    unreachable(origin.clone(), reason)
-                } else {
-                    failed(origin.clone(), reason)
-                }
-            })?;
+            let mut response = client
+                .request(request)
+                .await
+                .map_err(|err| request_failed(&origin, &err))?;
             if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 // Refused: keep the answer (its body cut to what fits inline).
                 let (parts, body) = response.into_parts();

@@ -61,3 +61,38 @@ impl Embedded {
         self.task.await.map_err(io::Error::other)?
     }
 }
+
+/// The gateway a tunnel uses: one given by URL, or one embedded in this process.
+pub enum GatewayChoice {
+    /// A gateway elsewhere, by URL.
+    Remote(String),
+    /// A gateway running on this `LocalSet`.
+    Embedded(Embedded),
+}
+
+impl GatewayChoice {
+    /// `url` when given; otherwise starts an embedded gateway on [`DEFAULT_ADDR`] (or a
+    /// free port if that one is busy).
+    pub async fn pick(url: Option<String>) -> io::Result<Self> {
+        Ok(match url {
+            Some(url) => Self::Remote(url),
+            None => Self::Embedded(Embedded::start(DEFAULT_ADDR).await?),
+        })
+    }
+
+    /// The URL a tunnel dials.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Remote(url) => url.clone(),
+            Self::Embedded(embedded) => embedded.gateway_url(),
+        }
+    }
+
+    /// Stops the embedded gateway, if there is one. Call it after the tunnel has stopped.
+    pub async fn shutdown(self) -> io::Result<()> {
+        match self {
+            Self::Remote(_) => Ok(()),
+            Self::Embedded(embedded) => embedded.shutdown().await,
+        }
+    }
+}

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use capstan_client::embedded::{self, Embedded};
+use capstan_client::embedded::GatewayChoice;
 use capstan_client::{ClientOptions, LocalPort, Tunnel};
 use capstan_gateway::{Gateway, GatewayOptions};
 use clap::{Args, Parser, Subcommand};
@@ -154,28 +154,17 @@ async fn tunnel(args: TunnelArgs, stop: CancellationToken) -> anyhow::Result<()>
     } else {
         format!("localhost:{port}")
     };
-    let embedded = match &args.gateway {
-        Some(_) => None,
-        None => Some(
-            Embedded::start(embedded::DEFAULT_ADDR)
-                .await
-                .context("starting the embedded gateway")?,
-        ),
-    };
-    let gateway = args
-        .gateway
-        .clone()
-        .or_else(|| embedded.as_ref().map(Embedded::gateway_url));
-    let mut options = ClientOptions::new(gateway.expect("one of the two is set")).token(args.token);
+    let gateway = GatewayChoice::pick(args.gateway)
+        .await
+        .context("starting the embedded gateway")?;
+    let mut options = ClientOptions::new(gateway.url()).token(args.token);
     options.name = args.name;
     options.max_ws_message = args.max_ws_message;
     let tunnel = Tunnel::connect(options, LocalPort::new(&authority)).await?;
     println!("{}", tunnel.url());
     tracing::info!(origin = %authority, url = %tunnel.url(), "tunnel ready");
     tunnel.run(stop.cancelled_owned()).await?;
-    if let Some(embedded) = embedded {
-        embedded.shutdown().await?;
-    }
+    gateway.shutdown().await?;
     Ok(())
 }
 

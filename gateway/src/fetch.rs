@@ -39,15 +39,7 @@ pub(crate) async fn proxy(
     scheme: &str,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, ProxyError> {
-    let permit =
-        tunnel
-            .inflight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::TunnelBusy {
-                name: tunnel.name.clone(),
-                limit: tunnel.inflight_limit(),
-            })?;
+    let permit = tunnel.admit()?;
     let (mut parts, body) = request.into_parts();
     add_forwarded(&mut parts.headers, visitor, scheme);
     let path = parts

@@ -1,7 +1,7 @@
 //! The capstan gateway: a public HTTP server that routes each visitor to a tunnel by `Host`.
 //!
 //! # Layout
-//! - [`listen`](crate::listen): accepts visitors, tunnel WebSockets and raw RPC; stops gracefully.
+//! - `listen`: accepts visitors, tunnel WebSockets and raw RPC; stops gracefully.
 //! - `route`: `Host` header to a tunnel, the connect endpoint, or 404.
 //! - `fetch`: one HTTP request as one `Fetcher.fetch` call.
 //! - `body`: the `Responder` and `BodySource` capabilities and the visitor's response body.
@@ -18,7 +18,7 @@
 mod body;
 mod error;
 mod fetch;
-pub mod listen;
+mod listen;
 mod registry;
 mod route;
 mod session;

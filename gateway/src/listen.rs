@@ -8,14 +8,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::header::UPGRADE;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::compat::TokioAsyncReadCompatExt;
@@ -30,6 +29,9 @@ use crate::{fetch, session, websocket, State};
 
 /// How long to wait after a failed `accept` (e.g. out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// On shutdown, how long closing sockets and tunnel connections may take after the drain.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A visitor has this long to send its request head; stops idle sockets piling up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,8 +73,15 @@ pub(crate) async fn serve(
     state.stop_sessions.cancel();
     state.sessions.close();
     state.sockets.close();
-    state.sessions.wait().await;
-    state.sockets.wait().await;
+    // Sockets and sessions were told to close; a peer that never answers its close
+    // handshake must not hold the process past this.
+    let closed = async {
+        state.sessions.wait().await;
+        state.sockets.wait().await;
+    };
+    if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+        warn!("tunnels or sockets still closing after {CLOSE_TIMEOUT:?}; dropping them");
+    }
     Ok(())
 }
 
@@ -140,6 +149,16 @@ async fn handle(
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
+    // Two Host headers make routing ambiguous; RFC 9112 section 3.2 requires a 400.
+    if request
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return ProxyError::BadRequest("more than one Host header".into()).into_response();
+    }
     let result = match route(&state, &request) {
         Route::Connect => connect_tunnel(&state, peer, request),
         Route::Tunnel(tunnel) => {
@@ -198,15 +217,5 @@ fn connect_tunnel(
             Err(err) => debug!(%err, %peer, "tunnel upgrade failed"),
         }
     });
-    let mut response = Response::new(crate::body::full(bytes::Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    let accept = derive_accept_key(key.as_bytes());
-    headers.insert(
-        SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-    );
-    Ok(response)
+    Ok(websocket::switching_protocols(&key, http::HeaderMap::new()))
 }

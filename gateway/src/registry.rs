@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use capstan::capstan_capnp::fetcher;
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ProxyError;
 
 /// One registered tunnel: where its requests go.
 pub(crate) struct Tunnel {
@@ -14,16 +16,22 @@ pub(crate) struct Tunnel {
     pub(crate) fetcher: fetcher::Client,
     /// The connection it arrived on; several names may share one.
     pub(crate) session: u64,
-    /// Bounds the `fetch` calls in flight: capnp-rpc queues ordinary calls without limit.
-    pub(crate) inflight: Arc<Semaphore>,
+    /// Bounds the calls in flight: capnp-rpc queues ordinary calls without limit.
+    inflight: Arc<Semaphore>,
     limit: usize,
     token: String,
 }
 
 impl Tunnel {
-    /// The most `fetch` calls this tunnel may have in flight.
-    pub(crate) fn inflight_limit(&self) -> usize {
-        self.limit
+    /// Admits one more request in flight, or refuses with 503 when the tunnel is full.
+    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        self.inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ProxyError::TunnelBusy {
+                name: self.name.clone(),
+                limit: self.limit,
+            })
     }
 }
 

@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -63,6 +63,24 @@ pub(crate) fn handshake_key<B>(request: &Request<B>) -> Result<HeaderValue, Prox
         .ok_or_else(|| ProxyError::BadRequest("missing Sec-WebSocket-Key".into()))
 }
 
+/// The 101 that completes a visitor's handshake for `key`, with `headers` besides.
+pub(crate) fn switching_protocols(
+    key: &HeaderValue,
+    mut headers: HeaderMap,
+) -> Response<GatewayBody> {
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    let mut response = Response::new(full(bytes::Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = headers;
+    response
+}
+
 /// Opens the origin's socket through `tunnel`, and only then answers the visitor: with
 /// 101 and a pump task, or with the origin's refusal as it was.
 pub(crate) async fn proxy(
@@ -73,15 +91,7 @@ pub(crate) async fn proxy(
 ) -> Result<Response<GatewayBody>, ProxyError> {
     let key = handshake_key(&request)?;
     // The handshake counts as an in-flight request; the open socket does not.
-    let permit =
-        tunnel
-            .inflight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ProxyError::TunnelBusy {
-                name: tunnel.name.clone(),
-                limit: tunnel.inflight_limit(),
-            })?;
+    let permit = tunnel.admit()?;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (mut parts, _) = request.into_parts();
     add_forwarded(&mut parts.headers, visitor, state.public_scheme());
@@ -124,16 +134,7 @@ pub(crate) async fn proxy(
     for name in ws::PER_HOP_HEADERS {
         headers.remove(name);
     }
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    let accept = derive_accept_key(key.as_bytes());
-    headers.insert(
-        SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-    );
-    let mut response = Response::new(full(bytes::Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *response.headers_mut() = headers;
+    let response = switching_protocols(&key, headers);
 
     let pump = Pump {
         local,

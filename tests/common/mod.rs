@@ -3,6 +3,7 @@
 
 pub mod origin;
 pub mod relay;
+pub mod ws;
 pub mod ws_origin;
 
 use std::net::SocketAddr;

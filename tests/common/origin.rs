@@ -112,6 +112,7 @@ async fn route(
         }
         // Length and hash of the uploaded body, read as it streams.
         "/sink" => {
+            let _ = arrived.try_send("sink: started".to_owned());
             let mut body = req.into_body();
             let (mut len, mut fnv) = (0u64, Fnv::default());
             while let Some(frame) = body.frame().await {
