@@ -56,6 +56,7 @@ enum RegisterError {
   invalidName @0;   # `name` is not a DNS label.
   nameTaken @1;     # Another tunnel serves it, or holds it within its grace period.
   unauthorized @2;  # `token` is wrong. Retrying with the same token will not help.
+  tooManyNames @3;  # This connection already serves as many names as the gateway allows.
 }
 
 interface Registration {

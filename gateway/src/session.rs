@@ -14,6 +14,9 @@ use tracing::{debug, info, warn, Instrument};
 use crate::registry::{Refusal, Tunnel};
 use crate::State;
 
+/// Names one tunnel connection may register.
+const MAX_NAMES_PER_CONNECTION: usize = 16;
+
 /// Starts a session task over `io`, owned by the gateway's session tracker.
 pub(crate) fn spawn<T>(state: &Rc<State>, io: T, peer: String)
 where
@@ -146,6 +149,13 @@ impl GatewayImpl {
             return Err(Refused(
                 RegisterError::Unauthorized,
                 "the gateway refused the token: it is missing or wrong".into(),
+            ));
+        }
+        // One connection may not hoard names: a flood of `register` costs only itself.
+        if self.session.tunnels.borrow().len() >= MAX_NAMES_PER_CONNECTION {
+            return Err(Refused(
+                RegisterError::TooManyNames,
+                format!("a connection may serve at most {MAX_NAMES_PER_CONNECTION} names"),
             ));
         }
         let mut registry = state.registry.borrow_mut();

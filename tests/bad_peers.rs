@@ -1,0 +1,279 @@
+//! Misbehaving Cap'n Proto peers cost only their own connection: malformed messages, calls
+//! never answered, capabilities dropped early, floods of calls and registrations.
+
+mod common;
+
+use std::future::Future;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capstan::capstan_capnp::{fetcher, gateway, register_result, registration, RegisterError};
+use capstan::transport::rpc_system;
+use common::ws::{close_of, open};
+use common::*;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+
+/// Runs `make()` on a thread of its own with a `LocalSet`: raw capnp peers are `!Send`.
+fn on_local_thread<F, Fut, T>(make: F) -> std::thread::JoinHandle<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, make())
+    })
+}
+
+/// Connects to the gateway's raw RPC port and returns its bootstrap.
+async fn dial(rpc: std::net::SocketAddr, fetcher: &fetcher::Client) -> gateway::Client {
+    let stream = tokio::net::TcpStream::connect(rpc).await.unwrap();
+    let mut system = rpc_system(stream.compat(), Side::Client, Some(fetcher.clone().client));
+    let gateway = system.bootstrap(Side::Server);
+    tokio::task::spawn_local(system);
+    gateway
+}
+
+/// Registers `name` for `fetcher`; returns the registration or the refusal code.
+async fn register(
+    gateway: &gateway::Client,
+    name: &str,
+    fetcher: &fetcher::Client,
+) -> Result<registration::Client, RegisterError> {
+    let mut request = gateway.register_request();
+    request.get().set_name(name);
+    request.get().set_token("");
+    request.get().set_fetcher(fetcher.clone());
+    let response = request.send().promise.await.unwrap();
+    match response
+        .get()
+        .unwrap()
+        .get_result()
+        .unwrap()
+        .which()
+        .unwrap()
+    {
+        register_result::Ok(ok) => Ok(ok.get_registration().unwrap()),
+        register_result::Error(error) => Err(error.get_code().unwrap()),
+    }
+}
+
+/// A tunnel whose calls never return: not even `ping`.
+struct Silent;
+
+impl fetcher::Server for Silent {
+    async fn fetch(
+        self: Rc<Self>,
+        _: fetcher::FetchParams,
+        _: fetcher::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        std::future::pending().await
+    }
+
+    async fn ping(
+        self: Rc<Self>,
+        _: fetcher::PingParams,
+        _: fetcher::PingResults,
+    ) -> Result<(), capnp::Error> {
+        std::future::pending().await
+    }
+}
+
+/// A tunnel that starts every answer and every socket, then drops what it got.
+struct Quitter;
+
+impl fetcher::Server for Quitter {
+    async fn fetch(
+        self: Rc<Self>,
+        params: fetcher::FetchParams,
+        _: fetcher::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        let responder = params.get()?.get_responder()?;
+        let mut start = responder.start_request();
+        start.get().init_response().set_status(200);
+        let body = start.send().promise.await?.get()?.get_body()?;
+        let mut write = body.write_request();
+        write.get().set_data(b"partial");
+        write.send().await?;
+        // Return with no `end`, dropping the body: the visitor must not see a success.
+        Ok(())
+    }
+
+    async fn connect_web_socket(
+        self: Rc<Self>,
+        params: fetcher::ConnectWebSocketParams,
+        mut results: fetcher::ConnectWebSocketResults,
+    ) -> Result<(), capnp::Error> {
+        // Accept, hand back a socket, and let go of the visitor's handle at once.
+        drop(params.get()?.get_public_socket()?);
+        results.get().init_response().set_status(101);
+        results.get().set_local_socket(capnp_rpc::new_client::<
+            capstan::capstan_capnp::web_socket_handle::Client,
+            _,
+        >(Sink));
+        Ok(())
+    }
+}
+
+struct Sink;
+
+/// A tunnel that answers every call with `unimplemented`: alive, but serving nothing.
+struct Idle;
+
+impl fetcher::Server for Idle {}
+
+impl capstan::capstan_capnp::web_socket_handle::Server for Sink {}
+
+/// A healthy tunnel beside the misbehaving one, checked after each fault.
+async fn bystander_works(visitor: &Visitor) {
+    let (status, _, body) = visitor.get("bystander", "/cookies").await;
+    assert_eq!((status, body), (StatusCode::OK, Bytes::from("cookies")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_closes_only_that_connection() {
+    let origin = TestOrigin::start().await;
+    let gateway = TestGateway::start();
+    let _bystander = gateway.tunnel("bystander", origin.addr);
+    let mut raw = tokio::net::TcpStream::connect(gateway.thread.rpc_addr().unwrap())
+        .await
+        .unwrap();
+    // A well-framed message (one segment of two words) whose content is no RPC message.
+    let mut frame = vec![0, 0, 0, 0, 2, 0, 0, 0];
+    frame.extend_from_slice(&[0xab; 16]);
+    raw.write_all(&frame).await.unwrap();
+    let mut rest = Vec::new();
+    // The gateway answers with an Abort at most, then closes: reading ends.
+    let _ = within("malformed closes", raw.read_to_end(&mut rest)).await;
+    bystander_works(&Visitor::new(gateway.addr())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_that_never_answers_is_dropped_and_its_visitors_get_502() {
+    let origin = TestOrigin::start().await;
+    let gateway = TestGateway::start();
+    let _bystander = gateway.tunnel("bystander", origin.addr);
+    let rpc = gateway.thread.rpc_addr().unwrap();
+    let (registered_tx, registered) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+    let peer = on_local_thread(move || async move {
+        let fetcher: fetcher::Client = capnp_rpc::new_client(Silent);
+        let gateway = dial(rpc, &fetcher).await;
+        let _registration = register(&gateway, "silent", &fetcher).await.unwrap();
+        registered_tx.send(()).unwrap();
+        let _ = stop.await;
+    });
+    registered.await.unwrap();
+
+    // Hangs on the silent tunnel until the heartbeat gives up on it (0.5 s here).
+    let visitor = Visitor::new(gateway.addr());
+    let (status, _, body) = within("heartbeat verdict", visitor.get("silent", "/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    bystander_works(&visitor).await;
+    stop_tx.send(()).unwrap();
+    peer.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_dropped_early_cut_only_their_own_response_or_socket() {
+    let origin = TestOrigin::start().await;
+    let gateway = TestGateway::start();
+    let _bystander = gateway.tunnel("bystander", origin.addr);
+    let rpc = gateway.thread.rpc_addr().unwrap();
+    let (registered_tx, registered) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+    let peer = on_local_thread(move || async move {
+        let fetcher: fetcher::Client = capnp_rpc::new_client(Quitter);
+        let gateway = dial(rpc, &fetcher).await;
+        let _registration = register(&gateway, "quitter", &fetcher).await.unwrap();
+        registered_tx.send(()).unwrap();
+        let _ = stop.await;
+    });
+    registered.await.unwrap();
+    let visitor = Visitor::new(gateway.addr());
+
+    let request = visitor
+        .request("GET", "quitter", "/")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let response = within("head", visitor.send(request)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = within("cut body", response.into_body().collect()).await;
+    assert!(
+        body.is_err(),
+        "a body without `end` must not complete: {body:?}"
+    );
+
+    // The visitor's handle was dropped: the socket closes with 1001 at once.
+    let (mut socket, _) = open(&gateway, "quitter", "/", &[]).await.unwrap();
+    assert_eq!(close_of(&mut socket).await.0, 1001);
+
+    bystander_works(&visitor).await;
+    stop_tx.send(()).unwrap();
+    peer.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_calls_and_registrations_cost_only_the_flooder() {
+    let origin = TestOrigin::start().await;
+    let gateway = TestGateway::start();
+    let _bystander = gateway.tunnel("bystander", origin.addr);
+    let rpc = gateway.thread.rpc_addr().unwrap();
+    let (flooding_tx, flooding) = tokio::sync::oneshot::channel();
+    let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+    let peer = on_local_thread(move || async move {
+        let fetcher: fetcher::Client = capnp_rpc::new_client(Idle);
+        let gateway = dial(rpc, &fetcher).await;
+        // Registrations: a connection may hold 16 names, no more.
+        let mut held = Vec::new();
+        for i in 0..16 {
+            held.push(
+                register(&gateway, &format!("flood{i}"), &fetcher)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let refused = register(&gateway, "flood16", &fetcher).await.err();
+        // Calls: 20,000 pings sent without waiting for any answer.
+        let pings: Vec<_> = (0..20_000)
+            .map(|_| held[0].ping_request().send().promise)
+            .collect();
+        flooding_tx.send(refused).unwrap();
+        let outcomes = futures::future::join_all(pings).await;
+        let _ = go.await;
+        let answered = outcomes.iter().filter(|a| a.is_ok()).count();
+        let dropped = outcomes
+            .iter()
+            .filter(|a| matches!(a, Err(e) if e.kind == capnp::ErrorKind::Disconnected))
+            .count();
+        (answered, dropped)
+    });
+    let refused = flooding.await.unwrap();
+    assert_eq!(refused, Some(RegisterError::TooManyNames));
+    // While the flood is processed, the other tunnel serves as usual.
+    let visitor = Visitor::new(gateway.addr());
+    for _ in 0..20 {
+        bystander_works(&visitor).await;
+    }
+    go_tx.send(()).unwrap();
+    let (answered, dropped) = tokio::task::spawn_blocking(move || peer.join().unwrap())
+        .await
+        .unwrap();
+    // Either the gateway kept up, or the flood starved the flooder's own heartbeat and the
+    // gateway dropped its connection: every call ends one of those two ways.
+    assert!(answered > 0, "some pings were answered");
+    assert_eq!(
+        answered + dropped,
+        20_000,
+        "{answered} answered, {dropped} dropped"
+    );
+    bystander_works(&visitor).await;
+}
