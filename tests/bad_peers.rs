@@ -173,7 +173,7 @@ async fn a_tunnel_that_never_answers_is_dropped_and_its_visitors_get_502() {
     });
     registered.await.unwrap();
 
-    // Hangs on the silent tunnel until the heartbeat gives up on it (0.5 s here).
+    // Hangs on the silent tunnel until the heartbeat gives up on it (2 s here).
     let visitor = Visitor::new(gateway.addr());
     let (status, _, body) = within("heartbeat verdict", visitor.get("silent", "/")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");

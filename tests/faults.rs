@@ -185,7 +185,7 @@ async fn a_silently_dead_tunnel_is_found_by_heartbeat_and_its_name_freed() {
 
     relay.set(Mode::Freeze);
     // This request is stuck in the frozen connection until the gateway's heartbeat
-    // notices (100 ms interval, 500 ms timeout) and drops it.
+    // notices (250 ms interval, 2 s timeout) and drops it.
     let (status, _, body) = within("heartbeat verdict", visitor.get("ghost", "/cookies")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
 
@@ -328,8 +328,8 @@ async fn a_tunnel_whose_connection_goes_silent_reconnects_by_itself() {
     let gateway = TestGateway::start();
     let relay = Relay::start(gateway.addr()).await;
     let mut options = client_options(&relay.url()).name("quiet");
-    options.heartbeat_interval = Duration::from_millis(100);
-    options.heartbeat_timeout = Duration::from_millis(500);
+    options.heartbeat_interval = Duration::from_millis(250);
+    options.heartbeat_timeout = Duration::from_secs(2);
     let addr = origin.addr;
     let tunnel = TunnelThread::spawn(options, move || LocalPort::new(addr.to_string())).unwrap();
     let mut registrations = tunnel.registrations();

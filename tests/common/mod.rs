@@ -29,11 +29,12 @@ pub use ws_origin::WsOrigin;
 /// A body a visitor sends.
 pub type VisitorBody = BoxBody<Bytes, std::io::Error>;
 
-/// Gateway options with a fast heartbeat, so dead tunnels are found within a test.
+/// Gateway options with a fast heartbeat, so dead tunnels are found within a test. The
+/// 2 s timeout leaves room for a loaded 2-core machine to answer late but alive.
 pub fn fast_gateway_options() -> GatewayOptions {
     let mut options = GatewayOptions::default();
-    options.heartbeat_interval = Duration::from_millis(100);
-    options.heartbeat_timeout = Duration::from_millis(500);
+    options.heartbeat_interval = Duration::from_millis(250);
+    options.heartbeat_timeout = Duration::from_secs(2);
     options.drain_timeout = Duration::from_secs(1);
     options
 }
