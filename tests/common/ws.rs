@@ -4,7 +4,8 @@ use futures::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{within, TestGateway};
+use super::{within, TestGateway, WsOrigin};
+use capstan_client::TunnelThread;
 
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -55,4 +56,14 @@ pub async fn close_of(socket: &mut Socket) -> (u16, String) {
             other => panic!("expected a close frame, got {other:?}"),
         }
     }
+}
+
+/// A gateway with `options` and a tunnel named "ws" to `origin`.
+pub fn setup_with(
+    options: capstan_gateway::GatewayOptions,
+    origin: &WsOrigin,
+) -> (TestGateway, TunnelThread) {
+    let gateway = TestGateway::with_options(options);
+    let tunnel = gateway.tunnel("ws", origin.addr);
+    (gateway, tunnel)
 }
