@@ -33,9 +33,6 @@ use crate::State;
 /// socket busy; the capnp stream window holds the rest back at the tunnel.
 const OUTBOUND_DEPTH: usize = 2;
 
-/// Asks the outbound pump to complete a close handshake the visitor started.
-const REPLY: (u16, &str) = (0, "");
-
 /// After one direction closed, how long the other may take to finish its close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -148,6 +145,14 @@ pub(crate) async fn proxy(
     Ok(response)
 }
 
+/// What the inbound pump asks of the outbound one, which owns the visitor's sink.
+enum Closing {
+    /// Finish the close handshake the visitor started.
+    Reply,
+    /// Close the visitor's socket with this code and reason.
+    Close(u16, &'static str),
+}
+
 /// What the tunnel asks the visitor's socket to do.
 enum Outbound {
     Message(Message),
@@ -233,7 +238,7 @@ impl Pump {
         .await;
         let (mut sink, mut stream) = socket.split();
         // Lets the inbound pump ask the outbound one to close the visitor's socket.
-        let (closing_tx, closing_rx) = oneshot::channel::<(u16, &'static str)>();
+        let (closing_tx, closing_rx) = oneshot::channel::<Closing>();
 
         let inbound = async {
             let local = &local;
@@ -241,7 +246,8 @@ impl Pump {
                 match stream.next().await {
                     Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                         if ws::send(local, &message).await.is_err() {
-                            let _ = closing_tx.send((GOING_AWAY, "the tunnel went away"));
+                            let _ =
+                                closing_tx.send(Closing::Close(GOING_AWAY, "the tunnel went away"));
                             return;
                         }
                     }
@@ -249,12 +255,12 @@ impl Pump {
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(frame))) => {
                         // Answer the visitor's close now; the origin's answer is not needed.
-                        let _ = closing_tx.send(REPLY);
+                        let _ = closing_tx.send(Closing::Reply);
                         break ws::from_frame(frame.as_ref());
                     }
                     Some(Err(WsError::Capacity(err))) => {
                         debug!(%err, "visitor message over the cap");
-                        let _ = closing_tx.send((TOO_BIG, "message too big"));
+                        let _ = closing_tx.send(Closing::Close(TOO_BIG, "message too big"));
                         break (TOO_BIG, "message too big".to_owned());
                     }
                     Some(Err(_)) | None => {
@@ -275,11 +281,11 @@ impl Pump {
                     next = outbound.recv() => next,
                     asked = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
                         match asked {
-                            Ok(REPLY) => {
+                            Ok(Closing::Reply) => {
                                 let _ = sink.close().await;
                                 return;
                             }
-                            Ok((code, reason)) => Some(Outbound::Close(code, reason.into())),
+                            Ok(Closing::Close(code, reason)) => Some(Outbound::Close(code, reason.into())),
                             Err(_) => { closing = None; continue; }
                         }
                     }
