@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use capstan::body::{channel, pump};
-use capstan::capstan_capnp::{fetcher, responder};
+use capstan::capstan_capnp::{fetcher, responder, response};
 use capstan::MAX_CHUNK;
-use http::{Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
@@ -176,11 +176,11 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
                     response.status().as_u16(),
                     started.elapsed()
                 );
-                let mut head = answer.reborrow().init_response();
-                head.set_status(response.status().as_u16());
-                capstan::headers::write(response.headers(), &[], |n| {
-                    head.reborrow().init_headers(n)
-                });
+                write_head(
+                    answer.reborrow().init_response(),
+                    response.status(),
+                    response.headers(),
+                );
                 answer.set_local_socket(websocket::open(*socket, public, &self.counters));
             }
             Ok(Handshake::Refused(response)) => {
@@ -190,10 +190,7 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
                     started.elapsed()
                 );
                 let mut head = answer.init_response();
-                head.set_status(response.status().as_u16());
-                capstan::headers::write(response.headers(), &[], |n| {
-                    head.reborrow().init_headers(n)
-                });
+                write_head(head.reborrow(), response.status(), response.headers());
                 head.set_body(response.body());
             }
             Err(err) => {
@@ -213,6 +210,12 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
     }
 }
 
+/// Writes a response's status and end-to-end headers.
+fn write_head(mut wire: response::Builder<'_>, status: StatusCode, headers: &HeaderMap) {
+    wire.set_status(status.as_u16());
+    capstan::headers::write(headers, &[], |n| wire.reborrow().init_headers(n));
+}
+
 /// Sends the origin's response: inline in the results when it is small and of known
 /// length, otherwise head through `responder.start` and body through its `ByteStream`.
 async fn respond(
@@ -229,17 +232,12 @@ async fn respond(
     if small {
         let bytes = body.collect().await.map_err(failed)?.to_bytes();
         let mut wire = results.get().init_response();
-        wire.set_status(parts.status.as_u16());
-        capstan::headers::write(&parts.headers, &[], |n| wire.reborrow().init_headers(n));
+        write_head(wire.reborrow(), parts.status, &parts.headers);
         wire.set_body(&bytes);
         return Ok(());
     }
     let mut start = responder.start_request();
-    {
-        let mut wire = start.get().init_response();
-        wire.set_status(parts.status.as_u16());
-        capstan::headers::write(&parts.headers, &[], |n| wire.reborrow().init_headers(n));
-    }
+    write_head(start.get().init_response(), parts.status, &parts.headers);
     let sink = start.send().promise.await?.get()?.get_body()?;
     pump(body, &sink).await.map_err(failed)
 }
