@@ -2,7 +2,10 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use http::StatusCode;
+
 use crate::capstan_capnp::header as wire;
+use crate::capstan_capnp::response;
 
 /// Headers that describe one connection rather than the message (RFC 9110 section 7.6.1),
 /// plus the pre-standard `keep-alive` and `proxy-connection`. Each hop sets its own.
@@ -74,10 +77,16 @@ pub fn read(list: capnp::struct_list::Reader<'_, wire::Owned>) -> capnp::Result<
     Ok(map)
 }
 
+/// Reads a `Response`'s status and headers, refusing a status HTTP does not allow.
+pub fn read_head(response: response::Reader<'_>) -> capnp::Result<(StatusCode, HeaderMap)> {
+    let status = StatusCode::from_u16(response.get_status())
+        .map_err(|_| capnp::Error::failed(format!("bad status {}", response.get_status())))?;
+    Ok((status, read(response.get_headers()?)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capstan_capnp::response;
 
     #[test]
     fn round_trip_keeps_repeats_and_drops_hop_by_hop() {

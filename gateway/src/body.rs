@@ -62,14 +62,10 @@ impl responder::Server for ResponderImpl {
         let Some(head_tx) = self.head.borrow_mut().take() else {
             return Err(capnp::Error::failed("Responder.start called twice".into()));
         };
-        let head = (|| -> Result<_, capnp::Error> {
-            let response = params.get()?.get_response()?;
-            let status = StatusCode::from_u16(response.get_status()).map_err(|_| {
-                capnp::Error::failed(format!("bad status {}", response.get_status()))
-            })?;
-            let headers = capstan::headers::read(response.get_headers()?)?;
-            Ok((status, headers))
-        })();
+        let head = params
+            .get()
+            .and_then(|p| p.get_response())
+            .and_then(capstan::headers::read_head);
         let (status, headers) = match head {
             Ok(head) => head,
             Err(err) => {

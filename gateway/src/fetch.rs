@@ -7,7 +7,7 @@ use bytes::Bytes;
 use capstan::capstan_capnp::fetcher;
 use capstan::MAX_CHUNK;
 use http::header::{HeaderValue, HOST};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -113,11 +113,10 @@ fn inline_response(
     answer: fetcher::fetch_results::Reader<'_>,
 ) -> capnp::Result<Response<GatewayBody>> {
     let wire = answer.get_response()?;
-    let status = StatusCode::from_u16(wire.get_status())
-        .map_err(|_| capnp::Error::failed(format!("bad status {}", wire.get_status())))?;
+    let (status, headers) = capstan::headers::read_head(wire)?;
     let mut response = Response::new(full(Bytes::copy_from_slice(wire.get_body()?)));
     *response.status_mut() = status;
-    *response.headers_mut() = capstan::headers::read(wire.get_headers()?)?;
+    *response.headers_mut() = headers;
     Ok(response)
 }
 

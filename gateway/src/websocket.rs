@@ -111,10 +111,7 @@ pub(crate) async fn proxy(
     let protocol = |err: capnp::Error| ProxyError::Protocol(err.to_string());
     let answer = answer.get().map_err(protocol)?;
     let head = answer.get_response().map_err(protocol)?;
-    let status = StatusCode::from_u16(head.get_status())
-        .map_err(|_| ProxyError::Protocol(format!("bad status {}", head.get_status())))?;
-    let mut headers =
-        capstan::headers::read(head.get_headers().map_err(protocol)?).map_err(protocol)?;
+    let (status, mut headers) = capstan::headers::read_head(head).map_err(protocol)?;
     if !answer.has_local_socket() {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProxyError::Protocol("a 101 answer without a socket".into()));
