@@ -1,5 +1,6 @@
 //! HTTP bodies over `ByteStream`: a capability that feeds a bounded channel, and a pump into one.
 
+use std::cell::Cell;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -62,20 +63,42 @@ impl std::fmt::Debug for Piece {
 /// writer's stream window. `write` fails once the body is dropped.
 pub fn channel() -> (byte_stream::Client, ChannelBody) {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-    let client = capnp_rpc::new_client(ChannelSink { tx });
+    let client = capnp_rpc::new_client(ChannelSink {
+        tx,
+        broken: Cell::new(false),
+    });
     (client, ChannelBody { rx, done: false })
 }
 
 struct ChannelSink {
     tx: mpsc::Sender<Piece>,
+    /// Set when a `write` was cancelled before its bytes were queued. The body then has a
+    /// hole, so `end` must fail rather than make a short body look complete.
+    broken: Cell<bool>,
 }
 
 impl ChannelSink {
     async fn push(&self, piece: Piece) -> Result<(), capnp::Error> {
-        self.tx
-            .send(piece)
-            .await
-            .map_err(|_| capnp::Error::failed("the body's reader went away".into()))
+        if self.broken.get() {
+            return Err(capnp::Error::failed(
+                "an earlier write was cancelled; the body is incomplete".into(),
+            ));
+        }
+        // A caller may cancel a waiting `write` (libcapnp 0.x does when it drops the
+        // stream early); the guard marks the stream broken if that happens mid-send.
+        let guard = BreakOnDrop(&self.broken);
+        let sent = self.tx.send(piece).await;
+        std::mem::forget(guard);
+        sent.map_err(|_| capnp::Error::failed("the body's reader went away".into()))
+    }
+}
+
+/// Marks a stream broken when dropped; forgotten once the bytes are queued.
+struct BreakOnDrop<'a>(&'a Cell<bool>);
+
+impl Drop for BreakOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set(true);
     }
 }
 
@@ -153,4 +176,59 @@ where
         .await
         .map_err(BodyError::Sink)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn write(sink: &byte_stream::Client, data: &[u8]) -> Result<(), capnp::Error> {
+        let mut request = sink.write_request();
+        request.get().set_data(data);
+        request.send().await
+    }
+
+    async fn end(sink: &byte_stream::Client) -> Result<(), capnp::Error> {
+        sink.end_request().send().promise.await.map(drop)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cancelled_write_makes_the_body_incomplete_not_short() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (sink, mut body) = channel();
+                let reader = tokio::task::spawn_local(async move {
+                    let mut kept = 0;
+                    loop {
+                        match body.frame().await {
+                            Some(Ok(_)) => kept += 1,
+                            Some(Err(err)) => break (kept, Err(err)),
+                            None => break (kept, Ok(())),
+                        }
+                    }
+                });
+                for _ in 0..CHANNEL_DEPTH {
+                    write(&sink, b"kept").await.unwrap();
+                }
+                // Whether or not the reader has drained the channel yet, this write is
+                // cancelled after its first poll: its bytes may never be queued.
+                let mut waiting = Box::pin(write(&sink, b"lost"));
+                let first = futures::poll!(&mut waiting);
+                drop(waiting);
+                let ended = end(&sink).await;
+                drop(sink);
+                let (kept, outcome) = reader.await.unwrap();
+                if first.is_pending() {
+                    assert!(ended.is_err(), "end after a lost write must fail");
+                    assert_eq!(kept, CHANNEL_DEPTH);
+                    assert!(matches!(outcome, Err(BodyError::BrokenOff)), "{outcome:?}");
+                } else {
+                    // The write went through at once: nothing was lost.
+                    assert!(ended.is_ok());
+                    assert_eq!((kept, outcome.is_ok()), (CHANNEL_DEPTH + 1, true));
+                }
+            })
+            .await;
+    }
 }
