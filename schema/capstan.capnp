@@ -79,7 +79,8 @@ interface Fetcher {
   # - inline: the tunnel returns `response` with the whole body in `response.body` and
   #   never calls `responder`. One round trip; use it for small bodies of known length.
   # - streamed: the tunnel calls `responder.start(head)` once, writes the body to the
-  #   ByteStream it gets back, calls `end`, and then returns with `response` null.
+  #   ByteStream it gets back, calls `end` and awaits its answer (holding the ByteStream
+  #   until then), and then returns with `response` null.
   # If `fetch` throws before `start`, the visitor gets 502 with the exception's
   # description. If it throws after `start`, or returns without `end`, the visitor's
   # response is cut off (the connection is closed without a proper end), never completed.
@@ -131,7 +132,8 @@ interface ByteStream {
   # The next bytes of the body. Keep each `data` at most 64 KiB.
 
   end @1 ();
-  # The body is complete. Without `end`, the body counts as broken off.
+  # The body is complete. Without `end`, the body counts as broken off; so does a body
+  # one of whose `write` calls was cancelled, and `end` then throws.
 }
 
 interface WebSocketHandle {
