@@ -66,6 +66,45 @@ async fn register(
     }
 }
 
+/// A raw capnp tunnel serving one `Fetcher` under `name` on its own thread, until dropped.
+struct RawTunnel {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RawTunnel {
+    async fn start<S, F>(gateway: &TestGateway, name: &'static str, make: F) -> Self
+    where
+        S: fetcher::Server,
+        F: FnOnce() -> S + Send + 'static,
+    {
+        let rpc = gateway.thread.rpc_addr().unwrap();
+        let (registered_tx, registered) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = on_local_thread(move || async move {
+            let fetcher: fetcher::Client = capnp_rpc::new_client(make());
+            let gateway = dial(rpc, &fetcher).await;
+            let _registration = register(&gateway, name, &fetcher).await.unwrap();
+            registered_tx.send(()).unwrap();
+            let _ = stopped.await;
+        });
+        registered.await.unwrap();
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RawTunnel {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|stop| stop.send(()));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A tunnel whose calls never return: not even `ping`.
 struct Silent;
 
@@ -161,25 +200,13 @@ async fn a_tunnel_that_never_answers_is_dropped_and_its_visitors_get_502() {
     let origin = TestOrigin::start().await;
     let gateway = TestGateway::start();
     let _bystander = gateway.tunnel("bystander", origin.addr);
-    let rpc = gateway.thread.rpc_addr().unwrap();
-    let (registered_tx, registered) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
-    let peer = on_local_thread(move || async move {
-        let fetcher: fetcher::Client = capnp_rpc::new_client(Silent);
-        let gateway = dial(rpc, &fetcher).await;
-        let _registration = register(&gateway, "silent", &fetcher).await.unwrap();
-        registered_tx.send(()).unwrap();
-        let _ = stop.await;
-    });
-    registered.await.unwrap();
+    let _silent = RawTunnel::start(&gateway, "silent", || Silent).await;
 
     // Hangs on the silent tunnel until the heartbeat gives up on it (2 s here).
     let visitor = Visitor::new(gateway.addr());
     let (status, _, body) = within("heartbeat verdict", visitor.get("silent", "/")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
     bystander_works(&visitor).await;
-    stop_tx.send(()).unwrap();
-    peer.join().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,17 +214,7 @@ async fn capabilities_dropped_early_cut_only_their_own_response_or_socket() {
     let origin = TestOrigin::start().await;
     let gateway = TestGateway::start();
     let _bystander = gateway.tunnel("bystander", origin.addr);
-    let rpc = gateway.thread.rpc_addr().unwrap();
-    let (registered_tx, registered) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
-    let peer = on_local_thread(move || async move {
-        let fetcher: fetcher::Client = capnp_rpc::new_client(Quitter);
-        let gateway = dial(rpc, &fetcher).await;
-        let _registration = register(&gateway, "quitter", &fetcher).await.unwrap();
-        registered_tx.send(()).unwrap();
-        let _ = stop.await;
-    });
-    registered.await.unwrap();
+    let _quitter = RawTunnel::start(&gateway, "quitter", || Quitter).await;
     let visitor = Visitor::new(gateway.addr());
 
     let request = visitor
@@ -217,8 +234,6 @@ async fn capabilities_dropped_early_cut_only_their_own_response_or_socket() {
     assert_eq!(close_of(&mut socket).await.0, 1001);
 
     bystander_works(&visitor).await;
-    stop_tx.send(()).unwrap();
-    peer.join().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
