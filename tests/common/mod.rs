@@ -204,3 +204,22 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
+
+/// Says, straight to stderr, that a peer's toolchain is missing: libtest hides the
+/// `eprintln!` of tests that pass, and a skipped test passes.
+pub fn announce_missing(what: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!! {what} is unavailable, SKIPPING: {why}\n"
+    );
+}
+
+/// What a test does without its peer: skip (`None`), except under `CI=true`, where every
+/// interop test must run and a missing toolchain fails.
+pub fn skip_unless_ci<T>(what: &str, why: &str) -> Option<T> {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{what} must run in CI, but it is unavailable: {why}");
+    }
+    None
+}

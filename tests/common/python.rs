@@ -1,13 +1,15 @@
 //! Python peers for the interop tests: a venv provisioned once, and child processes.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
-use super::within;
+use super::{announce_missing, skip_unless_ci, within};
+
+const WHAT: &str = "Python with websockets and pycapnp";
 
 /// The venv's interpreter with `websockets` and pycapnp, provisioned once per process.
 /// `None`: skip, which is never allowed under `CI=true`.
@@ -16,22 +18,13 @@ pub fn python() -> Option<&'static Path> {
     let provisioned = PYTHON.get_or_init(|| {
         let provisioned = provision();
         if let Err(why) = &provisioned {
-            // Straight to stderr: libtest hides eprintln! of tests that pass, and a skip passes.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n!!!!! Python with websockets and pycapnp is unavailable, SKIPPING: {why}\n"
-            );
+            announce_missing(WHAT, why);
         }
         provisioned
     });
     match provisioned {
         Ok(python) => Some(python),
-        Err(why) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("the Python interop tests must run in CI, but Python is unavailable: {why}");
-            }
-            None
-        }
+        Err(why) => skip_unless_ci(WHAT, why),
     }
 }
 
