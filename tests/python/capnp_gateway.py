@@ -21,42 +21,13 @@ It prints one JSON line with what it saw and serves until killed.
 
 import asyncio
 import json
-import os
-import sys
 import traceback
 
 import capnp
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-EXTENDED = "--extended" in sys.argv[1:]
-SCHEMA_PATH = (
-    os.path.join(HERE, "capstan_extended.capnp")
-    if EXTENDED
-    else os.path.join(HERE, "..", "..", "schema", "capstan.capnp")
-)
-# `-> stream` makes the schema import /capnp/stream.capnp, which the wheel ships.
-SITE = os.path.dirname(os.path.dirname(capnp.__file__))
-schema = capnp.load(SCHEMA_PATH, imports=[SITE])
+from capnp_common import EXTENDED, MAX_CHUNK, fnv, pattern, schema
 
-MAX_CHUNK = 64 * 1024
 UPLOAD = 1_500_007  # not a multiple of MAX_CHUNK, so the last write is short
-
-# The test pattern and FNV-1a 64 of tests/common/mod.rs (see capnp_tunnel.py).
-_ROW = bytes(i * 31 % 256 for i in range(512))
-_XOR = [bytes(b ^ k for b in range(256)) for k in range(256)]
-
-
-def pattern(offset, length):
-    first, last = offset // 512, (offset + length + 511) // 512
-    blocks = b"".join(_ROW.translate(_XOR[b % 256]) for b in range(first, last))
-    return blocks[offset - first * 512 :][:length]
-
-
-def fnv(data, h=0xCBF29CE484222325):
-    for byte in data:
-        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
 
 def message(i):
     """Message i of the WebSocket exchange: every third binary, the rest non-ASCII text."""
