@@ -2,18 +2,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
+use common::peer::Peer;
 use common::*;
 use futures::StreamExt;
 use http::StatusCode;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 const SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/capstan.capnp");
@@ -114,87 +114,19 @@ fn build() -> Result<PathBuf, NoPeer> {
     result
 }
 
-/// A running C++ peer: its stdout as lines, killed on drop.
-struct Peer {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Peer {
-    /// Starts the peer, which registers `name` at `gateway`'s raw RPC port.
-    fn spawn(binary: &Path, gateway: &TestGateway, name: &str) -> Self {
-        let rpc = gateway.rpc_url();
-        let mut child = Command::new(binary)
-            .arg(rpc.strip_prefix("tcp://").unwrap())
-            .arg(name)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        // Kept for failure messages: a kj exception explains more than a timeout.
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (sink, mut pipe) = (stderr.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            let mut buffer = [0; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buffer) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        });
-        Self {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    /// The next stdout line; panics with the peer's stderr if there is none.
-    async fn line(&mut self) -> String {
-        match within("C++ peer output", self.lines.recv()).await {
-            Some(line) => line,
-            None => {
-                let (status, _, stderr) = self.exit().await;
-                panic!("the C++ peer exited {status}: {stderr}");
-            }
-        }
-    }
-
-    /// Waits for the peer to exit: its status, the rest of stdout and all of stderr.
-    async fn exit(&mut self) -> (ExitStatus, String, String) {
-        let mut stdout = String::new();
-        // stdout closes when the process ends; then all of stderr is in after `wait`.
-        while let Some(line) = within("C++ peer exit", self.lines.recv()).await {
-            stdout.push_str(&line);
-            stdout.push('\n');
-        }
-        let status = self.child.wait().unwrap();
-        let stderr = self.stderr.lock().unwrap().clone();
-        (status, stdout, stderr)
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the peer, which registers `name` at `gateway`'s raw RPC port.
+fn spawn(binary: &Path, gateway: &TestGateway, name: &str) -> Peer {
+    let rpc = gateway.rpc_url();
+    let mut command = Command::new(binary);
+    command.arg(rpc.strip_prefix("tcp://").unwrap()).arg(name);
+    Peer::spawn(command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpp_tunnel_serves_inline_streamed_and_uploaded_bodies() {
     let Some(binary) = peer_binary() else { return };
     let gateway = TestGateway::start();
-    let mut peer = Peer::spawn(binary, &gateway, "cpp");
+    let mut peer = spawn(binary, &gateway, "cpp");
     let url = peer.line().await;
     assert_eq!(
         url,
@@ -281,7 +213,7 @@ async fn cpp_tunnel_serves_inline_streamed_and_uploaded_bodies() {
 async fn cpp_tunnel_shows_the_gateways_refusal() {
     let Some(binary) = peer_binary() else { return };
     let gateway = TestGateway::start();
-    let mut peer = Peer::spawn(binary, &gateway, "Bad_Name");
+    let mut peer = spawn(binary, &gateway, "Bad_Name");
     let (status, stdout, stderr) = peer.exit().await;
     assert_eq!(status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
     // The `error` branch's message, printed as is: one line, naming the name.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use capstan_client::origin::{Handshake, OriginBody, RequestBody};
 use capstan_client::{LocalPort, Origin, OriginError, TunnelThread};
-use common::python::{python, Peer};
+use common::python::{python, spawn};
 use common::ws::{close_of, next_data, open};
 use common::*;
 use futures::SinkExt;
@@ -40,7 +40,7 @@ async fn python_tunnel(extended: bool) {
         args.push("--extended".to_owned());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut tunnel = Peer::spawn(python, TUNNEL, &args);
+    let mut tunnel = spawn(python, TUNNEL, &args);
     let port = gateway.addr().port();
     assert_eq!(
         tunnel.line().await,
@@ -160,7 +160,7 @@ async fn python_gateway(extended: bool) {
     let origin = TestOrigin::start().await;
     let ws_origin = WsOrigin::start().await;
     let args: &[&str] = if extended { &["--extended"] } else { &[] };
-    let mut gateway = Peer::spawn(python, GATEWAY, args);
+    let mut gateway = spawn(python, GATEWAY, args);
     let port: u16 = gateway.line().await.parse().unwrap();
 
     let mut options = client_options(&format!("tcp://127.0.0.1:{port}")).name("pyside");

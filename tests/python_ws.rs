@@ -5,7 +5,8 @@ mod common;
 use std::path::Path;
 
 use bytes::Bytes;
-use common::python::{python, Peer};
+use common::peer::Peer;
+use common::python::{python, spawn};
 use common::ws::{close_of, next_data, open};
 use common::*;
 use futures::SinkExt;
@@ -17,7 +18,7 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/ws_peer.
 
 /// `ws_peer.py server`, with the port it listens on.
 async fn server(python: &Path) -> (Peer, std::net::SocketAddr) {
-    let mut peer = Peer::spawn(python, SCRIPT, &["server"]);
+    let mut peer = spawn(python, SCRIPT, &["server"]);
     let port: u16 = peer.line().await.parse().unwrap();
     (peer, ([127, 0, 0, 1], port).into())
 }
@@ -29,7 +30,7 @@ async fn client(python: &Path, gateway: &TestGateway, name: &str, args: &[&str])
     let host = format!("{name}.localhost:{}", gateway.addr().port());
     let mut all = vec!["client", &url, &host];
     all.extend(rest);
-    Peer::spawn(python, SCRIPT, &all).line().await
+    spawn(python, SCRIPT, &all).line().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

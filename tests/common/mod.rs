@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod origin;
+pub mod peer;
 pub mod python;
 pub mod relay;
 pub mod ws;
