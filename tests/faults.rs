@@ -361,3 +361,26 @@ async fn two_host_headers_are_refused_with_400() {
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
     assert!(response.contains("more than one Host header"), "{response}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_accepts_but_never_answers_is_reported_not_waited_on_forever() {
+    // A listener nobody serves: the connection opens, the registration never returns.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("tcp://{}", mute.local_addr().unwrap());
+    let local = tokio::task::LocalSet::new();
+    let result = local
+        .run_until(async {
+            let connect = Tunnel::connect(client_options(&address), LocalPort::new("localhost:1"));
+            tokio::time::timeout(std::time::Duration::from_secs(30), connect).await
+        })
+        .await;
+    match result {
+        Ok(Err(err @ ConnectError::Unreachable { .. })) => {
+            assert!(err.to_string().contains("no answer"), "{err}")
+        }
+        Ok(Err(other)) => panic!("unexpected error: {other}"),
+        Ok(Ok(_)) => panic!("registered with nobody"),
+        Err(_) => panic!("connect hung past its own timeout"),
+    }
+    drop(mute);
+}

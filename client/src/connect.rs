@@ -1,5 +1,7 @@
 //! Dialing the gateway (WebSocket or raw TCP) and registering a name there.
 
+use std::time::Duration;
+
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::RpcSystem;
 use capstan::capstan_capnp::{fetcher, gateway, register_result, registration, RegisterError};
@@ -147,8 +149,28 @@ async fn open(address: &str, fetcher: &fetcher::Client) -> Result<RpcSystem<Side
     }
 }
 
+/// How long dialing and registering may take. A gateway that accepts the connection but
+/// never answers would otherwise hang the first connect, or a reconnect, for good.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects to `address` and registers `fetcher` under `name` ("" lets the gateway pick).
 pub(crate) async fn register(
+    address: &str,
+    name: &str,
+    token: &str,
+    fetcher: &fetcher::Client,
+) -> Result<Connection, ConnectError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, register_now(address, name, token, fetcher))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Unreachable {
+                address: address.to_owned(),
+                reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+            })
+        })
+}
+
+async fn register_now(
     address: &str,
     name: &str,
     token: &str,
