@@ -1,8 +1,10 @@
 # bench/lib/common.sh: logging, process lifecycle and JSON helpers for bench/run.
 # Sourced, not run; expects RUN_DIR to exist.
 
-# Every process the harness starts, so that the EXIT trap can stop them all.
+# Every process the harness starts, so that the EXIT trap can stop them all, and the
+# name its output files go by.
 SPAWNED=()
+declare -A SPAWN_NAME=()
 # Every command line that started a process or took a measurement, for the record.
 declare -A COMMANDS=()
 
@@ -60,6 +62,7 @@ spawn() {
   "$@" >"$RUN_DIR/$name.out" 2>"$RUN_DIR/$name.err" </dev/null &
   SPAWNED_PID=$!
   SPAWNED+=("$SPAWNED_PID")
+  SPAWN_NAME[$SPAWNED_PID]=$name
 }
 
 # stop PID...: SIGTERM each process tree, SIGKILL what is left after 10 s.
@@ -83,6 +86,17 @@ stop_all() {
   local pid
   for pid in "${SPAWNED[@]}"; do kill -0 "$pid" 2>/dev/null && live+=("$pid"); done
   stop "${live[@]}"
+}
+
+# check_alive PID...: fail, showing its stderr, if one of the processes has exited.
+check_alive() {
+  local pid
+  for pid; do
+    kill -0 "$pid" 2>/dev/null && continue
+    log "${SPAWN_NAME[$pid]:-process $pid} exited; its stderr:"
+    tail -n 5 "$RUN_DIR/${SPAWN_NAME[$pid]:-none}.err" >&2 2>/dev/null || true
+    return 1
+  done
 }
 
 # wait_line FILE REGEX PID [TIMEOUT]: poll FILE until a line matches REGEX and print

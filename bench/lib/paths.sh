@@ -31,6 +31,7 @@ start_direct() {
 
 # nginx: one worker, like capstan's one-thread gateway, with a keep-alive upstream pool
 # and no buffering, so that bodies and SSE stream as they do through the tunnels.
+# (Inside the config below, \$ is an nginx variable, $ a shell one.)
 start_nginx() {
   path_reset
   local dir=$RUN_DIR/nginx port
@@ -66,6 +67,11 @@ http {
       proxy_set_header Upgrade \$http_upgrade;
       proxy_set_header Connection \$connection_upgrade;
       proxy_buffering off;
+      # Unbuffered, nginx reads the upstream proxy_buffer_size at a time: 4 KiB by
+      # default, which halves its body rate. 64 KiB matches capstan's chunks.
+      proxy_buffer_size 64k;
+      proxy_buffers 4 64k;
+      proxy_busy_buffers_size 64k;
       proxy_request_buffering off;
       proxy_read_timeout 1h;
       client_max_body_size 0;
@@ -170,11 +176,16 @@ start_capstan() {
   P_ADDR=127.0.0.1:${P_HOST##*:}
 }
 
-# start_path NAME: start it and wait until GET /1k answers 200 through it.
+# start_path NAME: start it and wait until GET /1k answers 200 through it, or fail as
+# soon as one of its processes exits.
 start_path() {
   "start_$1" || return 1
   note_command "$BIN/bench-client" wait --addr "$P_ADDR" --host "$P_HOST"
-  "$BIN/bench-client" wait --addr "$P_ADDR" --host "$P_HOST" >/dev/null
+  local deadline=$((SECONDS + 30))
+  until "$BIN/bench-client" wait --addr "$P_ADDR" --host "$P_HOST" --timeout 1 >/dev/null 2>&1; do
+    check_alive "${P_PIDS[@]}" || return 1
+    ((SECONDS < deadline)) || { log "$1: no answer through it after 30 s"; return 1; }
+  done
 }
 
 # stop_path: client side first, so that servers see their tunnels leave cleanly.

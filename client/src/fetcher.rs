@@ -119,6 +119,8 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
                 break serve.await;
             };
             tokio::select! {
+                // The origin's own outcome first: it explains a broken upload best.
+                biased;
                 served = &mut serve => break served,
                 piped = pending => match piped {
                     Ok(_) => upload = None,
