@@ -93,7 +93,7 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
         let headers = capstan::headers::read(wire.get_headers()?)?;
         let responder = params.get_responder()?;
         // Held until the call ends: dropping it cancels the gateway's upload.
-        let (body, mut upload) = if params.has_body() {
+        let (body, upload) = if params.has_body() {
             let (sink, body) = channel();
             let mut pipe = params.get_body()?.pipe_to_request();
             pipe.get().set_sink(sink);
@@ -112,25 +112,13 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
 
         let serve = self.origin.serve(request);
         tokio::pin!(serve);
-        // A failed upload aborts the origin request (by dropping it) rather than letting
-        // the origin take a truncated body for a whole one.
-        let served = loop {
-            let Some(pending) = upload.as_mut() else {
-                break serve.await;
-            };
-            tokio::select! {
-                // The origin's own outcome first: it explains a broken upload best.
-                biased;
-                served = &mut serve => break served,
-                piped = pending => match piped {
-                    Ok(_) => upload = None,
-                    Err(err) => {
-                        info!("{line} - {:.1?} (visitor upload broke off)", started.elapsed());
-                        return Err(failed(format!("visitor upload broke off: {err}")));
-                    }
-                },
-            }
-        };
+        // The upload's outcome does not decide the answer: a broken upload already fails
+        // the origin's body (the sink is released without `end`, so `ChannelBody` errors),
+        // and an origin that has read a whole `Content-Length` body may answer, and drop
+        // the body, before `end` arrives. So only the origin's outcome counts; `upload` is
+        // held until then, since dropping it cancels the gateway's pipe.
+        let served = serve.await;
+        drop(upload);
         let response = match served {
             Ok(response) => response,
             Err(err) => {
