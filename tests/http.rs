@@ -187,3 +187,33 @@ async fn head_204_304_and_origin_statuses_pass_through() {
         assert_eq!(body, format!("status {code}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_uploads_with_a_content_length_complete_every_time() {
+    // The origin answers as soon as it has read Content-Length bytes, which can be before
+    // the gateway's `end` arrives: that race once turned some of these into 502s.
+    let origin = TestOrigin::start().await;
+    let gateway = TestGateway::start();
+    let _tunnel = gateway.tunnel("demo", origin.addr);
+    let visitor = Visitor::new(gateway.addr());
+    let len: u64 = 4 * 1024 * 1024;
+    for round in 0..12 {
+        let chunks = futures::stream::iter((0..len).step_by(256 * 1024)).map(move |offset| {
+            let n = (len - offset).min(256 * 1024) as usize;
+            Ok::<_, std::io::Error>(Frame::data(pattern(offset, n)))
+        });
+        let request = visitor
+            .request("POST", "demo", "/sink")
+            .header("content-length", len)
+            .body(BodyExt::boxed(StreamBody::new(chunks)))
+            .unwrap();
+        let response = within("upload", visitor.send(request)).await;
+        assert_eq!(response.status(), StatusCode::OK, "round {round}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body,
+            format!("{len} {:016x}", pattern_hash(len)),
+            "round {round}"
+        );
+    }
+}
