@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`capstan_capnp`]: code generated from `schema/capstan.capnp` (the contract).
 //! - [`transport`]: an `RpcSystem` over TCP or over a WebSocket's binary messages.
+//! - [`coalesce`]: the write-behind buffer under it, one write per burst of messages.
 //! - [`body`]: HTTP bodies in and out of `ByteStream` capabilities.
 //! - [`gauge`]: counts of live sockets, tasks and capabilities.
 //! - [`headers`]: HTTP header lists on the wire, minus hop-by-hop headers.
@@ -13,6 +14,7 @@
 //! `capstan-client`.
 
 pub mod body;
+pub mod coalesce;
 pub mod gauge;
 pub mod headers;
 pub mod name;

@@ -1,5 +1,6 @@
 //! An `RpcSystem` over a byte stream: plain TCP, or the binary messages of a WebSocket.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -10,6 +11,7 @@ use capnp_rpc::{twoparty, RpcSystem};
 use futures::{AsyncRead, AsyncWrite, Sink, Stream};
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::coalesce::{self, Flusher};
 use crate::{MAX_RPC_MESSAGE, STREAM_WINDOW};
 
 /// Reader limits for every capstan connection, the same on both ends.
@@ -19,7 +21,7 @@ pub fn reader_options() -> capnp::message::ReaderOptions {
     options
 }
 
-/// Builds a two-party `RpcSystem` over `io`, offering `bootstrap` to the peer.
+/// Builds a two-party RPC connection over `io`, offering `bootstrap` to the peer.
 ///
 /// `io` is any futures-io stream; wrap tokio types with `tokio_util::compat`. Spawn the
 /// returned future on a `LocalSet`: it is `!Send` and runs the connection until it ends.
@@ -27,19 +29,73 @@ pub fn rpc_system<T>(
     io: T,
     side: Side,
     bootstrap: Option<capnp::capability::Client>,
-) -> RpcSystem<Side>
+) -> RpcConnection
 where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (reader, writer) = futures::AsyncReadExt::split(io);
+    let (writer, flusher) = coalesce::coalescing(writer);
     let mut network = twoparty::VatNetwork::new(
         futures::io::BufReader::new(reader),
-        futures::io::BufWriter::new(writer),
+        writer,
         side,
         reader_options(),
     );
     network.set_window_size(STREAM_WINDOW);
-    RpcSystem::new(Box::new(network), bootstrap)
+    RpcConnection {
+        system: RpcSystem::new(Box::new(network), bootstrap),
+        flusher,
+        ended: None,
+    }
+}
+
+/// A running two-party connection: the `RpcSystem`, and the socket writes it produces,
+/// one per poll (see [`coalesce`]). Resolves when the connection ends.
+pub struct RpcConnection {
+    system: RpcSystem<Side>,
+    flusher: Flusher,
+    /// The system's outcome, held while its last messages (an `Abort`, say) go out.
+    ended: Option<Result<(), capnp::Error>>,
+}
+
+impl RpcConnection {
+    /// The peer's bootstrap capability.
+    pub fn bootstrap<T: capnp::capability::FromClientHook>(&mut self, side: Side) -> T {
+        self.system.bootstrap(side)
+    }
+
+    /// A handle that ends the connection; see [`disconnect_now`].
+    pub fn get_disconnector(&self) -> capnp_rpc::Disconnector<Side> {
+        self.system.get_disconnector()
+    }
+}
+
+impl Future for RpcConnection {
+    type Output = Result<(), capnp::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.ended.is_none() {
+            if let Poll::Ready(result) = Pin::new(&mut this.system).poll(cx) {
+                this.ended = Some(result);
+            }
+        }
+        match this.flusher.poll_write_out(cx) {
+            // A socket that fails a write is dead: end the connection, as a failed read does.
+            Poll::Ready(Err(err)) => Poll::Ready(Err(capnp::Error::disconnected(format!(
+                "writing to the peer failed: {err}"
+            )))),
+            Poll::Ready(Ok(())) => match this.ended.take() {
+                Some(result) => Poll::Ready(result),
+                None => Poll::Pending,
+            },
+            // The peer is not reading. Once the system has ended, nothing waits on it.
+            Poll::Pending => match this.ended.take() {
+                Some(result) => Poll::Ready(result),
+                None => Poll::Pending,
+            },
+        }
+    }
 }
 
 /// Ends a connection at once, whatever the peer does: every pending call fails with
@@ -72,6 +128,9 @@ impl<S> WebSocketIo<S> {
         }
     }
 }
+
+/// The largest binary message [`WebSocketIo`] sends, well under every peer's limit.
+const WS_WRITE_MAX: usize = 1 << 20;
 
 fn to_io(err: tungstenite::Error) -> io::Error {
     match err {
@@ -122,10 +181,13 @@ where
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         ready!(Pin::new(&mut self.socket).poll_ready(cx)).map_err(to_io)?;
+        // The coalescing buffer can hand over more than the peer's message limit in one
+        // write; a WebSocket message carries at most this much of it.
+        let n = buf.len().min(WS_WRITE_MAX);
         Pin::new(&mut self.socket)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
             .map_err(to_io)?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
-use capnp_rpc::RpcSystem;
 use capstan::capstan_capnp::{fetcher, gateway, register_result, registration, RegisterError};
-use capstan::transport::{rpc_system, WebSocketIo};
+use capstan::transport::{rpc_system, RpcConnection, WebSocketIo};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
@@ -118,7 +117,7 @@ fn parse(address: &str) -> Result<Dial, ConnectError> {
     }
 }
 
-async fn open(address: &str, fetcher: &fetcher::Client) -> Result<RpcSystem<Side>, ConnectError> {
+async fn open(address: &str, fetcher: &fetcher::Client) -> Result<RpcConnection, ConnectError> {
     let unreachable = |reason: String| ConnectError::Unreachable {
         address: address.to_owned(),
         reason,
