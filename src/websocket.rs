@@ -31,20 +31,24 @@ pub const TOO_BIG: u16 = 1009;
 /// "No status received": a close without a code.
 pub const NO_STATUS: u16 = 1005;
 
-/// Bytes each socket reads at a time, and buffers before writing.
-///
-/// tungstenite's defaults (128 KiB each, allocated per socket) would make an idle socket
-/// cost about 128 KiB on each side; 4 KiB keeps thousands of idle sockets cheap, and a
-/// big message still grows the buffer as it needs.
-const SOCKET_BUFFER: usize = 4 * 1024;
+/// Bytes each socket reads at a time. tungstenite allocates (and touches) this much per
+/// socket up front, and its default of 128 KiB would make an idle socket cost about that
+/// on each side. At 2 KiB, gateway plus tunnel hold an idle socket in about 15 KiB
+/// (4 KiB: 18.6 KiB). The price is paid by big messages, read 2 KiB per call: a 64 KiB
+/// echo took about 10% longer (docs/benchmarks.md).
+const READ_BUFFER: usize = 2 * 1024;
+
+/// Bytes a socket gathers before writing, so that a burst of small messages shares a
+/// write. The buffer itself grows only as frames need it.
+const WRITE_BUFFER: usize = 4 * 1024;
 
 /// tungstenite settings for a socket whose messages may be up to `max_message` bytes.
 pub fn config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         // Bounded: a writer that outruns its socket waits instead of buffering more.
-        .max_write_buffer_size(SOCKET_BUFFER + max_message + 1024)
+        .max_write_buffer_size(WRITE_BUFFER + max_message + 1024)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }
