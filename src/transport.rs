@@ -3,11 +3,14 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
+use futures::task::AtomicWaker;
 use futures::{AsyncRead, AsyncWrite, Sink, Stream};
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -45,7 +48,7 @@ where
     RpcConnection {
         system: RpcSystem::new(Box::new(network), bootstrap),
         flusher,
-        ended: None,
+        turn: Arc::default(),
     }
 }
 
@@ -54,8 +57,7 @@ where
 pub struct RpcConnection {
     system: RpcSystem<Side>,
     flusher: Flusher,
-    /// The system's outcome, held while its last messages (an `Abort`, say) go out.
-    ended: Option<Result<(), capnp::Error>>,
+    turn: Arc<Turn>,
 }
 
 impl RpcConnection {
@@ -75,26 +77,57 @@ impl Future for RpcConnection {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if this.ended.is_none() {
-            if let Poll::Ready(result) = Pin::new(&mut this.system).poll(cx) {
-                this.ended = Some(result);
+        this.turn.task.register(cx.waker());
+        let waker = Waker::from(this.turn.clone());
+        let mut inner = Context::from_waker(&waker);
+        // capnp-rpc handles each incoming message in a task of its own, and its task set
+        // returns after a few polls even when more are ready, waking itself. Polling again
+        // at once lets a whole batch of calls run (and their handlers queue their writes)
+        // before this connection writes and before other tasks, such as the pumps that
+        // flush WebSockets, run.
+        let mut budget = BATCH_POLLS;
+        let ended = loop {
+            this.turn.woken.store(false, Ordering::Relaxed);
+            match Pin::new(&mut this.system).poll(&mut inner) {
+                Poll::Pending if this.turn.woken.load(Ordering::Relaxed) && budget > 0 => {
+                    budget -= 1;
+                }
+                other => break other,
             }
-        }
-        match this.flusher.poll_write_out(cx) {
+        };
+        // Written even when the system has just ended, so that its last messages (an
+        // `Abort`, say) go out; one try only, since nothing waits on a peer that stopped
+        // reading.
+        match (ended, this.flusher.poll_write_out(cx)) {
+            (Poll::Ready(result), _) => Poll::Ready(result),
             // A socket that fails a write is dead: end the connection, as a failed read does.
-            Poll::Ready(Err(err)) => Poll::Ready(Err(capnp::Error::disconnected(format!(
-                "writing to the peer failed: {err}"
-            )))),
-            Poll::Ready(Ok(())) => match this.ended.take() {
-                Some(result) => Poll::Ready(result),
-                None => Poll::Pending,
-            },
-            // The peer is not reading. Once the system has ended, nothing waits on it.
-            Poll::Pending => match this.ended.take() {
-                Some(result) => Poll::Ready(result),
-                None => Poll::Pending,
-            },
+            (Poll::Pending, Poll::Ready(Err(err))) => Poll::Ready(Err(capnp::Error::disconnected(
+                format!("writing to the peer failed: {err}"),
+            ))),
+            (Poll::Pending, _) => Poll::Pending,
         }
+    }
+}
+
+/// How many times one poll of a connection may poll its `RpcSystem` again because it
+/// woke itself: enough for a batch of calls, few enough not to starve other tasks.
+const BATCH_POLLS: usize = 32;
+
+/// The waker the `RpcSystem` gets: it notes that it was woken, and wakes the task.
+#[derive(Default)]
+struct Turn {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Turn {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Relaxed);
+        self.task.wake();
     }
 }
 

@@ -100,7 +100,7 @@ async fn an_oversized_message_closes_only_its_socket_with_1009() {
 async fn a_visitor_that_does_not_read_slows_only_its_own_socket() {
     const FLOOD: usize = 2000; // 2000 x 64 KiB = 125 MiB
     /// Messages that may sit between origin and visitor: socket buffers on three TCP
-    /// hops, the stream window and two channel slots. Far below the flood.
+    /// hops, the stream window and the gateway's outbound budget. Far below the flood.
     const BOUND: usize = 640; // 40 MiB
     let origin = WsOrigin::start().await;
     let (gateway, _tunnel) = setup_with(fast_gateway_options(), &origin);
@@ -123,6 +123,13 @@ async fn a_visitor_that_does_not_read_slows_only_its_own_socket() {
     assert!(
         sent < BOUND,
         "the origin got {sent} messages out to a visitor reading none"
+    );
+    // The other way still flows: the tunnel's pump, stuck forwarding the flood, must not
+    // hold back what the visitor sends.
+    flood.send(Message::text("stop")).await.unwrap();
+    assert_eq!(
+        within("the visitor's message", origin.report()).await,
+        "got stop"
     );
 
     for i in 0..FLOOD {

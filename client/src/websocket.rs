@@ -8,7 +8,7 @@ use capstan::gauge::GaugeGuard;
 use capstan::websocket::{self as ws, GOING_AWAY, TOO_BIG};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{oneshot, Mutex, Notify};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::debug;
 
@@ -27,12 +27,21 @@ pub(crate) fn open(
     let (sink, stream) = socket.split();
     let sink: Sink = Rc::new(Mutex::new(sink));
     let (released_tx, released_rx) = oneshot::channel();
+    let unflushed = Rc::new(Notify::new());
     let live = counters.websockets.guard();
     // The pump ends when either socket closes or the gateway releases our handle, so the
     // socket itself owns it.
-    tokio::task::spawn_local(pump(stream, sink.clone(), public, released_rx, live));
+    tokio::task::spawn_local(pump(
+        stream,
+        sink.clone(),
+        unflushed.clone(),
+        public,
+        released_rx,
+        live,
+    ));
     capnp_rpc::new_client(LocalSocket {
         sink,
+        unflushed,
         _released: released_tx,
         _live: counters.socket_handles.guard(),
     })
@@ -41,6 +50,8 @@ pub(crate) fn open(
 /// The origin's socket as the gateway sees it.
 struct LocalSocket {
     sink: Sink,
+    /// Wakes the pump to flush what `send` calls queued.
+    unflushed: Rc<Notify>,
     /// Dropped with the capability: tells the pump the gateway let go.
     _released: oneshot::Sender<()>,
     _live: GaugeGuard,
@@ -52,13 +63,17 @@ impl web_socket_handle::Server for LocalSocket {
         params: web_socket_handle::SendParams,
     ) -> Result<(), capnp::Error> {
         let message = ws::read_message(params.get()?.get_message()?)?;
-        // Awaited: a slow origin holds back the gateway's stream window.
+        // Queued, not flushed: the pump flushes once the calls that arrived together have
+        // all queued theirs, so pipelined messages share a write. Queueing waits while
+        // the socket is full, and that holds back the gateway's stream window.
         self.sink
             .lock()
             .await
-            .send(message)
+            .feed(message)
             .await
-            .map_err(|err| capnp::Error::failed(format!("the origin's socket failed: {err}")))
+            .map_err(|err| capnp::Error::failed(format!("the origin's socket failed: {err}")))?;
+        self.unflushed.notify_one();
+        Ok(())
     }
 
     async fn close(
@@ -77,40 +92,62 @@ impl web_socket_handle::Server for LocalSocket {
 async fn pump(
     mut stream: SplitStream<OriginSocket>,
     sink: Sink,
+    unflushed: Rc<Notify>,
     public: web_socket_handle::Client,
     mut released: oneshot::Receiver<()>,
     _live: GaugeGuard,
 ) {
-    let (code, reason) = loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            _ = &mut released => {
-                // The gateway dropped the socket without closing it (it died or lost
-                // the visitor): close the origin cleanly.
-                let frame = ws::to_frame(GOING_AWAY, "the visitor went away");
-                let _ = sink.lock().await.send(Message::Close(frame)).await;
+    // Flushes what `send` calls queued. It runs beside the forwarding loop, which can wait
+    // on a slow visitor, so that the visitor's own messages reach the origin meanwhile.
+    let flushing = async {
+        loop {
+            unflushed.notified().await;
+            if sink.lock().await.flush().await.is_err() {
                 return;
             }
-        };
-        match next {
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                if ws::send(&public, &message).await.is_err() {
-                    let frame = ws::to_frame(GOING_AWAY, "the tunnel went away");
-                    let _ = sink.lock().await.send(Message::Close(frame)).await;
-                    return;
-                }
-            }
-            // Ping and pong are per hop; tungstenite answers pings itself.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Ok(Message::Close(frame))) => break ws::from_frame(frame.as_ref()),
-            Some(Err(WsError::Capacity(err))) => {
-                debug!(%err, "origin message over the cap");
-                let frame = ws::to_frame(TOO_BIG, "message too big");
-                let _ = sink.lock().await.send(Message::Close(frame)).await;
-                break (TOO_BIG, "message too big".to_owned());
-            }
-            Some(Err(_)) | None => break (GOING_AWAY, "origin connection lost".to_owned()),
         }
     };
-    let _ = ws::close(&public, code, &reason).await;
+    // Origin to visitor. `None`: the origin's socket is already closed.
+    let forwarding = async {
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = &mut released => {
+                    // The gateway dropped the socket without closing it (it died or lost
+                    // the visitor): close the origin cleanly.
+                    let frame = ws::to_frame(GOING_AWAY, "the visitor went away");
+                    let _ = sink.lock().await.send(Message::Close(frame)).await;
+                    return None;
+                }
+            };
+            match next {
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if ws::send(&public, &message).await.is_err() {
+                        let frame = ws::to_frame(GOING_AWAY, "the tunnel went away");
+                        let _ = sink.lock().await.send(Message::Close(frame)).await;
+                        return None;
+                    }
+                }
+                // Ping and pong are per hop; tungstenite answers pings itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(frame))) => return Some(ws::from_frame(frame.as_ref())),
+                Some(Err(WsError::Capacity(err))) => {
+                    debug!(%err, "origin message over the cap");
+                    let frame = ws::to_frame(TOO_BIG, "message too big");
+                    let _ = sink.lock().await.send(Message::Close(frame)).await;
+                    return Some((TOO_BIG, "message too big".to_owned()));
+                }
+                Some(Err(_)) | None => {
+                    return Some((GOING_AWAY, "origin connection lost".to_owned()))
+                }
+            }
+        }
+    };
+    let ended = tokio::select! {
+        ended = forwarding => ended,
+        () = flushing => Some((GOING_AWAY, "origin connection lost".to_owned())),
+    };
+    if let Some((code, reason)) = ended {
+        let _ = ws::close(&public, code, &reason).await;
+    }
 }

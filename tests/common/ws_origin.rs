@@ -136,16 +136,29 @@ async fn serve(
     }
     if path.starts_with("/flood") {
         let n: usize = query(&path, "n").unwrap().parse().unwrap();
-        for i in 0..n {
-            if sink
-                .send(Message::binary(pattern(i as u64, 64 * 1024)))
-                .await
-                .is_err()
-            {
-                return;
+        let flood = async {
+            for i in 0..n {
+                if sink
+                    .send(Message::binary(pattern(i as u64, 64 * 1024)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                flooded.fetch_add(1, Ordering::SeqCst);
             }
-            flooded.fetch_add(1, Ordering::SeqCst);
-        }
+        };
+        // Reads beside the flood and reports each text message as "got TEXT": the
+        // visitor's messages must arrive even while it reads none of ours.
+        let listen = async {
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Text(text) = message {
+                    let _ = reports.send(format!("got {text}")).await;
+                }
+            }
+        };
+        tokio::join!(flood, listen);
+        return;
     }
     if path.starts_with("/close") {
         let code: u16 = query(&path, "code").unwrap().parse().unwrap();
