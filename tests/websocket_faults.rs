@@ -268,3 +268,26 @@ async fn a_gateway_shutdown_closes_open_sockets_with_1001() {
     );
     within("gateway stop", stopping).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origins_close_comes_after_every_message_it_sent_before() {
+    const FLOOD: usize = 300; // 300 x 64 KiB: more than socket buffers, window and queue
+    let origin = WsOrigin::start().await;
+    let (gateway, _tunnel) = setup_with(fast_gateway_options(), &origin);
+    let (mut flood, _) = open(&gateway, "ws", &format!("/flood?n={FLOOD}&close=4000"), &[])
+        .await
+        .unwrap();
+    // A visitor slower than the tunnel, so that the gateway's queue toward it stays full
+    // and the close reaches the gateway while messages still wait for room.
+    let (mut other, _) = open(&gateway, "ws", "/echo", &[]).await.unwrap();
+    for i in 0..FLOOD {
+        other.send(Message::text("tick")).await.unwrap();
+        next_data(&mut other).await;
+        assert_eq!(
+            next_data(&mut flood).await,
+            Message::binary(pattern(i as u64, 64 * 1024)),
+            "message {i}"
+        );
+    }
+    assert_eq!(close_of(&mut flood).await, (4000, "flooded".to_owned()));
+}

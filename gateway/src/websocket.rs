@@ -229,7 +229,12 @@ impl web_socket_handle::Server for PublicSocket {
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
         let reason = params.get_reason()?.to_string()?;
-        // A socket that is already gone needs no close.
+        // In line behind the `send` calls still waiting for budget, so that the close
+        // cannot overtake their messages. A socket that is already gone needs no close.
+        let Ok(permit) = self.budget.acquire().await else {
+            return Ok(());
+        };
+        permit.forget();
         let _ = self
             .tx
             .send(Outbound::Close(params.get_code(), reason))

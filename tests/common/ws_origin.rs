@@ -147,6 +147,14 @@ async fn serve(
                 }
                 flooded.fetch_add(1, Ordering::SeqCst);
             }
+            // `close=CODE`: close right after the last message.
+            if let Some(code) = query(&path, "close") {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code.parse::<u16>().unwrap()),
+                    reason: "flooded".into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
         };
         // Reads beside the flood and reports each text message as "got TEXT": the
         // visitor's messages must arrive even while it reads none of ours.
