@@ -45,10 +45,12 @@ where
         reader_options(),
     );
     network.set_window_size(STREAM_WINDOW);
+    let turn = Arc::<Turn>::default();
     RpcConnection {
         system: RpcSystem::new(Box::new(network), bootstrap),
         flusher,
-        turn: Arc::default(),
+        waker: Waker::from(turn.clone()),
+        turn,
     }
 }
 
@@ -58,6 +60,8 @@ pub struct RpcConnection {
     system: RpcSystem<Side>,
     flusher: Flusher,
     turn: Arc<Turn>,
+    /// `turn` as a waker, made once rather than on every poll.
+    waker: Waker,
 }
 
 impl RpcConnection {
@@ -78,8 +82,7 @@ impl Future for RpcConnection {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         this.turn.task.register(cx.waker());
-        let waker = Waker::from(this.turn.clone());
-        let mut inner = Context::from_waker(&waker);
+        let mut inner = Context::from_waker(&this.waker);
         // capnp-rpc handles each incoming message in a task of its own, and its task set
         // returns after a few polls even when more are ready, waking itself. Polling again
         // at once lets a whole batch of calls run (and their handlers queue their writes)

@@ -82,9 +82,12 @@ impl web_socket_handle::Server for LocalSocket {
         _: web_socket_handle::CloseResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
-        let frame = ws::to_frame(params.get_code(), params.get_reason()?.to_str()?);
-        // Closing a socket that is already closed is fine.
-        let _ = self.sink.lock().await.send(Message::Close(frame)).await;
+        close_origin(
+            &self.sink,
+            params.get_code(),
+            params.get_reason()?.to_str()?,
+        )
+        .await;
         Ok(())
     }
 }
@@ -115,16 +118,14 @@ async fn pump(
                 _ = &mut released => {
                     // The gateway dropped the socket without closing it (it died or lost
                     // the visitor): close the origin cleanly.
-                    let frame = ws::to_frame(GOING_AWAY, "the visitor went away");
-                    let _ = sink.lock().await.send(Message::Close(frame)).await;
+                    close_origin(&sink, GOING_AWAY, "the visitor went away").await;
                     return None;
                 }
             };
             match next {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                     if ws::send(&public, &message).await.is_err() {
-                        let frame = ws::to_frame(GOING_AWAY, "the tunnel went away");
-                        let _ = sink.lock().await.send(Message::Close(frame)).await;
+                        close_origin(&sink, GOING_AWAY, "the tunnel went away").await;
                         return None;
                     }
                 }
@@ -133,8 +134,7 @@ async fn pump(
                 Some(Ok(Message::Close(frame))) => return Some(ws::from_frame(frame.as_ref())),
                 Some(Err(WsError::Capacity(err))) => {
                     debug!(%err, "origin message over the cap");
-                    let frame = ws::to_frame(TOO_BIG, "message too big");
-                    let _ = sink.lock().await.send(Message::Close(frame)).await;
+                    close_origin(&sink, TOO_BIG, "message too big").await;
                     return Some((TOO_BIG, "message too big".to_owned()));
                 }
                 Some(Err(_)) | None => {
@@ -150,4 +150,11 @@ async fn pump(
     if let Some((code, reason)) = ended {
         let _ = ws::close(&public, code, &reason).await;
     }
+}
+
+/// Sends the origin a close frame for `code` and `reason`, after every frame queued before
+/// it. Closing a socket that is already closed is fine.
+async fn close_origin(sink: &Sink, code: u16, reason: &str) {
+    let frame = ws::to_frame(code, reason);
+    let _ = sink.lock().await.send(Message::Close(frame)).await;
 }
