@@ -42,6 +42,21 @@ async fn dial(rpc: std::net::SocketAddr, fetcher: &fetcher::Client) -> gateway::
     gateway
 }
 
+/// Like [`dial`], and also returns the connection's task: dropping it cuts the connection
+/// at once, as a crash would.
+async fn dial_cuttable(
+    rpc: std::net::SocketAddr,
+    fetcher: &fetcher::Client,
+) -> (gateway::Client, tokio_util::task::AbortOnDropHandle<()>) {
+    let stream = tokio::net::TcpStream::connect(rpc).await.unwrap();
+    let mut system = rpc_system(stream.compat(), Side::Client, Some(fetcher.clone().client));
+    let gateway = system.bootstrap(Side::Server);
+    let task = tokio::task::spawn_local(async move {
+        let _ = system.await;
+    });
+    (gateway, tokio_util::task::AbortOnDropHandle::new(task))
+}
+
 /// Registers `name` for `fetcher`; returns the registration or the refusal code.
 async fn register(
     gateway: &gateway::Client,
@@ -291,4 +306,63 @@ async fn floods_of_calls_and_registrations_cost_only_the_flooder() {
         "{answered} answered, {dropped} dropped"
     );
     bystander_works(&visitor).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_passed_back_as_a_fetcher_frees_both_names_on_disconnect() {
+    let origin = TestOrigin::start().await;
+    let gateway = TestGateway::start();
+    let _bystander = gateway.tunnel("bystander", origin.addr);
+    let rpc = gateway.thread.rpc_addr().unwrap();
+    let sessions = gateway.thread.counters().sessions.clone();
+    let peer = on_local_thread(move || async move {
+        let fetcher: fetcher::Client = capnp_rpc::new_client(Idle);
+        let (gateway, connection) = dial_cuttable(rpc, &fetcher).await;
+        let x = register(&gateway, "loopx", &fetcher).await.unwrap();
+        // The gateway's own Registration, handed back to it as the fetcher of a second name.
+        let x_as_fetcher = fetcher::Client {
+            client: capnp::capability::Client::new(x.client.hook.add_ref()),
+        };
+        let y = register(&gateway, "loopy", &x_as_fetcher).await.unwrap();
+        // Only the gateway's tunnel "loopy" still holds X now; a round trip makes sure the
+        // gateway has seen the release. Then the peer vanishes: dropping Y drops X, whose
+        // unregister once ran while the registry was borrowed, and panicked.
+        drop((x, x_as_fetcher));
+        y.ping_request().send().promise.await.unwrap();
+        drop(connection);
+        drop(y);
+    });
+    tokio::task::spawn_blocking(move || peer.join().unwrap())
+        .await
+        .unwrap();
+    within("the peer's session ends", sessions.wait_for(|n| *n == 1)).await;
+
+    // Both names are held for their token, "" on this open gateway: a new connection with
+    // that token gets both back and serves them.
+    let rpc = gateway.thread.rpc_addr().unwrap();
+    let (registered_tx, registered) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let again = on_local_thread(move || async move {
+        let fetcher: fetcher::Client = capnp_rpc::new_client(Idle);
+        let gateway = dial(rpc, &fetcher).await;
+        let x = register(&gateway, "loopx", &fetcher).await;
+        let y = register(&gateway, "loopy", &fetcher).await;
+        registered_tx
+            .send((x.as_ref().err().copied(), y.as_ref().err().copied()))
+            .unwrap();
+        let _ = stopped.await;
+    });
+    assert_eq!(registered.await.unwrap(), (None, None));
+    let visitor = Visitor::new(gateway.addr());
+    let (status, _, _) = visitor.get("loopx", "/").await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "Idle answers unimplemented"
+    );
+    bystander_works(&visitor).await;
+    stop.send(()).unwrap();
+    tokio::task::spawn_blocking(move || again.join().unwrap())
+        .await
+        .unwrap();
 }

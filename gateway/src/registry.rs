@@ -78,20 +78,23 @@ impl Registry {
     }
 
     /// Registers `name` for `session`, unless another tunnel serves it or holds it.
+    ///
+    /// A refused `fetcher` comes back, so that the caller drops it after its borrow of
+    /// the registry ends: it may be a capability whose drop unregisters a name.
     pub(crate) fn insert(
         &mut self,
         name: &str,
         token: &str,
         fetcher: fetcher::Client,
         session: u64,
-    ) -> Result<std::rc::Rc<Tunnel>, Refusal> {
+    ) -> Result<std::rc::Rc<Tunnel>, (Refusal, fetcher::Client)> {
         self.expire();
         if self.live.contains_key(name) {
-            return Err(Refusal::Taken);
+            return Err((Refusal::Taken, fetcher));
         }
         if let Some(held) = self.held.get(name) {
             if !same_token(&held.token, token) {
-                return Err(Refusal::Taken);
+                return Err((Refusal::Taken, fetcher));
             }
             self.held.remove(name);
         }
@@ -114,17 +117,23 @@ impl Registry {
     }
 
     /// Removes `name` if `session` still owns it, and holds it for its token.
-    pub(crate) fn remove(&mut self, name: &str, session: u64) {
-        if self.live.get(name).is_some_and(|t| t.session == session) {
-            let tunnel = self.live.remove(name).expect("checked above");
-            self.held.insert(
-                name.to_owned(),
-                Held {
-                    token: tunnel.token.clone(),
-                    until: Instant::now() + self.grace,
-                },
-            );
+    ///
+    /// Returns the removed tunnel for the caller to drop once its borrow of the registry
+    /// ends: the tunnel's fetcher may be a capability whose drop unregisters a name.
+    #[must_use = "drop the tunnel after the registry's borrow ends"]
+    pub(crate) fn remove(&mut self, name: &str, session: u64) -> Option<std::rc::Rc<Tunnel>> {
+        if !self.live.get(name).is_some_and(|t| t.session == session) {
+            return None;
         }
+        let tunnel = self.live.remove(name)?;
+        self.held.insert(
+            name.to_owned(),
+            Held {
+                token: tunnel.token.clone(),
+                until: Instant::now() + self.grace,
+            },
+        );
+        Some(tunnel)
     }
 
     pub(crate) fn lookup(&mut self, name: &str) -> Lookup {

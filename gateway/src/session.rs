@@ -45,19 +45,39 @@ struct Session {
 impl Session {
     fn unregister(&self, name: &str) {
         info!(tunnel = %name, "tunnel unregistered");
-        self.tunnels.borrow_mut().retain(|t| t.name != name);
-        self.state.registry.borrow_mut().remove(name, self.id);
+        let mine: Vec<Rc<Tunnel>> = {
+            let mut tunnels = self.tunnels.borrow_mut();
+            let (gone, kept) = std::mem::take(&mut *tunnels)
+                .into_iter()
+                .partition(|t| t.name == name);
+            *tunnels = kept;
+            gone
+        };
+        let removed = self.state.registry.borrow_mut().remove(name, self.id);
+        // Dropped only now that nothing is borrowed: a tunnel's fetcher may be one of the
+        // gateway's own capabilities (a peer can pass a `Registration` back as a fetcher),
+        // and dropping it may unregister another name, which borrows again.
+        drop(mine);
+        drop(removed);
     }
 
     /// Drops every registration: breaks the reference cycle between the connection's
     /// exports (which hold this session) and the fetchers (which hold the connection).
     fn close(&self) {
         let tunnels = std::mem::take(&mut *self.tunnels.borrow_mut());
-        let mut registry = self.state.registry.borrow_mut();
-        for tunnel in tunnels {
-            registry.remove(&tunnel.name, self.id);
+        let removed: Vec<Rc<Tunnel>> = {
+            let mut registry = self.state.registry.borrow_mut();
+            tunnels
+                .iter()
+                .filter_map(|tunnel| registry.remove(&tunnel.name, self.id))
+                .collect()
+        };
+        for tunnel in &tunnels {
             info!(tunnel = %tunnel.name, "tunnel disconnected");
         }
+        // As in `unregister`: capabilities are dropped only after the borrows end.
+        drop(removed);
+        drop(tunnels);
     }
 }
 
@@ -172,14 +192,15 @@ impl GatewayImpl {
             })?;
             name.to_owned()
         };
-        let tunnel = registry
-            .insert(&name, token, fetcher, self.session.id)
-            .map_err(|Refusal::Taken| {
-                Refused(
-                    RegisterError::NameTaken,
-                    format!("the name {name:?} is already taken by another tunnel"),
-                )
-            })?;
+        let inserted = registry.insert(&name, token, fetcher, self.session.id);
+        // The refused fetcher is dropped after the borrow ends (see `Session::unregister`).
+        drop(registry);
+        let tunnel = inserted.map_err(|(Refusal::Taken, _fetcher)| {
+            Refused(
+                RegisterError::NameTaken,
+                format!("the name {name:?} is already taken by another tunnel"),
+            )
+        })?;
         Ok((tunnel, name))
     }
 }
