@@ -122,7 +122,7 @@ impl Registry {
     /// ends: the tunnel's fetcher may be a capability whose drop unregisters a name.
     #[must_use = "drop the tunnel after the registry's borrow ends"]
     pub(crate) fn remove(&mut self, name: &str, session: u64) -> Option<std::rc::Rc<Tunnel>> {
-        if !self.live.get(name).is_some_and(|t| t.session == session) {
+        if self.live.get(name).is_none_or(|t| t.session != session) {
             return None;
         }
         let tunnel = self.live.remove(name)?;
