@@ -21,7 +21,8 @@
 interface Gateway {
   # Bootstrap capability of the gateway.
 
-  register @0 (name :Text, token :Text, fetcher :Fetcher) -> (result :RegisterResult);
+  register @0 (name :Text, token :Text, fetcher :Fetcher, limits :Limits)
+      -> (result :RegisterResult);
   # Asks to serve `http://{name}.{domain}`. `name` is a DNS label (lowercase letters,
   # digits and '-', 1 to 63 characters, not starting or ending with '-'); an empty name
   # asks the gateway to choose one. `token` is compared in constant time with the
@@ -32,6 +33,10 @@ interface Gateway {
   # for a grace period (30 s by default), so a reconnecting tunnel gets its URL back;
   # visitors meanwhile get 502. Errors the tunnel should show its user (bad name, taken
   # name, wrong token) come back in `result.error`, not as exceptions.
+  #
+  # `limits` (added later; a peer may leave it unset) are the sizes the tunnel accepts.
+  # The gateway answers with its own in `result.ok.limits`; each side then sends within
+  # the smaller of the two (see `Limits`).
 }
 
 struct RegisterResult {
@@ -43,6 +48,8 @@ struct RegisterResult {
       # The public URL, e.g. "http://demo.localhost:8080". Show it to the user.
       name @2 :Text;
       # The name that was registered (the chosen one when the request had none).
+      limits @5 :Limits;
+      # The sizes the gateway accepts (added later: unset from an older gateway).
     }
     error :group {
       code @3 :RegisterError;
@@ -57,6 +64,25 @@ enum RegisterError {
   nameTaken @1;     # Another tunnel serves it, or holds it within its grace period.
   unauthorized @2;  # `token` is wrong. Retrying with the same token will not help.
   tooManyNames @3;  # This connection already serves as many names as the gateway allows.
+}
+
+struct Limits {
+  # The sizes, in bytes, that one end accepts from the other. Zero means "not said": the
+  # defaults of docs/protocol.md section 6 apply. A sender keeps every message within the
+  # smaller of its own limit and the receiver's.
+
+  maxWsMessage @0 :UInt32;
+  # Largest WebSocket message in a `WebSocketHandle.send`. A socket whose message is over
+  # the smaller of the two ends' limits is closed with 1009 on both sides, and a `send`
+  # over it throws. Default 16 MiB.
+
+  maxChunk @1 :UInt32;
+  # Largest inline body (`Request.body`, `Response.body`) and `ByteStream.write`. Over it,
+  # the call throws (an inline response over it is a 502). Default 64 KiB.
+
+  maxRpcMessage @2 :UInt32;
+  # Largest Cap'n Proto message the end reads. A bigger one aborts the whole connection,
+  # every tunnel on it included, so no sender may ever send one. Default 32 MiB.
 }
 
 interface Registration {
@@ -142,6 +168,11 @@ interface WebSocketHandle {
   send @0 (message :Message) -> stream;
   # One whole WebSocket message, delivered in call order. The call resolves once the
   # receiver has handed the message to its socket, which gives the sender backpressure.
+  # A message over the agreed `Limits.maxWsMessage` is never delivered: the receiver
+  # closes its socket with 1009, calls `close(1009)` on the sender's own handle, and
+  # throws. Like any `-> stream` call, a sender's promise may resolve on flow control
+  # before that answer arrives, so the sure signs of a loss are that `close(1009)` and
+  # every later call on the handle throwing.
 
   close @1 (code :UInt16, reason :Text);
   # Closes the socket with this code and reason (RFC 6455 section 7.4). Arrives after

@@ -60,12 +60,14 @@ impl std::fmt::Debug for Piece {
 /// A new `ByteStream` capability and the body that yields what is written to it.
 ///
 /// `write` waits while the body's reader lags, which is how backpressure reaches the
-/// writer's stream window. `write` fails once the body is dropped.
-pub fn channel() -> (byte_stream::Client, ChannelBody) {
+/// writer's stream window. `write` fails once the body is dropped, and for more than
+/// `max_chunk` bytes (the `Limits.maxChunk` this end declared).
+pub fn channel(max_chunk: usize) -> (byte_stream::Client, ChannelBody) {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let client = capnp_rpc::new_client(ChannelSink {
         tx,
         broken: Cell::new(false),
+        max_chunk,
     });
     (client, ChannelBody { rx, done: false })
 }
@@ -75,6 +77,7 @@ struct ChannelSink {
     /// Set when a `write` was cancelled before its bytes were queued. The body then has a
     /// hole, so `end` must fail rather than make a short body look complete.
     broken: Cell<bool>,
+    max_chunk: usize,
 }
 
 impl ChannelSink {
@@ -107,7 +110,13 @@ impl byte_stream::Server for ChannelSink {
         self: std::rc::Rc<Self>,
         params: byte_stream::WriteParams,
     ) -> Result<(), capnp::Error> {
-        let data = Bytes::copy_from_slice(params.get()?.get_data()?);
+        let data = params.get()?.get_data()?;
+        if data.len() > self.max_chunk {
+            // Refused, and the body with it: a hole must not pass for a complete body.
+            self.broken.set(true);
+            return Err(over_limit("ByteStream.write", data.len(), self.max_chunk));
+        }
+        let data = Bytes::copy_from_slice(data);
         self.push(Piece::Data(data)).await
     }
 
@@ -150,10 +159,18 @@ impl Body for ChannelBody {
     }
 }
 
-/// Writes all of `body` into `sink` in chunks of at most [`MAX_CHUNK`], then calls `end`.
+/// The error for `what` of `len` bytes, over the `limit` the receiver declared.
+pub fn over_limit(what: &str, len: usize, limit: usize) -> capnp::Error {
+    capnp::Error::failed(format!(
+        "{what} of {len} bytes is over the limit of {limit} bytes (Limits.maxChunk)"
+    ))
+}
+
+/// Writes all of `body` into `sink` in chunks of at most `chunk` bytes (the agreed
+/// `Limits.maxChunk`, at most [`MAX_CHUNK`]), then calls `end`.
 ///
 /// Each `write` is awaited, so a slow receiver slows the reading of `body`.
-pub async fn pump<B>(mut body: B, sink: &byte_stream::Client) -> Result<(), BodyError>
+pub async fn pump<B>(mut body: B, sink: &byte_stream::Client, chunk: usize) -> Result<(), BodyError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -164,9 +181,9 @@ where
             continue; // Trailers: HTTP/1.1 peers rarely send them and we do not carry them.
         };
         while !data.is_empty() {
-            let chunk = data.split_to(data.len().min(MAX_CHUNK));
+            let piece = data.split_to(data.len().min(chunk.clamp(1, MAX_CHUNK)));
             let mut request = sink.write_request();
-            request.get().set_data(&chunk);
+            request.get().set_data(&piece);
             request.send().await.map_err(BodyError::Sink)?;
         }
     }
@@ -193,11 +210,32 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn a_write_over_the_limit_is_refused_and_breaks_the_body() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (sink, mut body) = channel(1000);
+                write(&sink, &[1; 1000]).await.unwrap();
+                let refused = write(&sink, &[2; 1001]).await.unwrap_err();
+                assert!(refused.extra.contains("1001 bytes"), "{refused}");
+                assert!(end(&sink).await.is_err(), "the body has a hole");
+                drop(sink);
+                let first = body.frame().await.unwrap().unwrap();
+                assert_eq!(first.into_data().unwrap().len(), 1000);
+                assert!(matches!(
+                    body.frame().await,
+                    Some(Err(BodyError::BrokenOff))
+                ));
+            })
+            .await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_cancelled_write_makes_the_body_incomplete_not_short() {
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
-                let (sink, mut body) = channel();
+                let (sink, mut body) = channel(MAX_CHUNK);
                 let reader = tokio::task::spawn_local(async move {
                     let mut kept = 0;
                     loop {

@@ -7,6 +7,7 @@
 //! - [`body`]: HTTP bodies in and out of `ByteStream` capabilities.
 //! - [`gauge`]: counts of live sockets, tasks and capabilities.
 //! - [`headers`]: HTTP header lists on the wire, minus hop-by-hop headers.
+//! - [`limits`]: the size limits both ends declare, and the ones they agree on.
 //! - [`name`]: tunnel names (DNS labels) and random ones.
 //! - [`websocket`]: WebSocket messages, close codes and limits on the wire.
 //!
@@ -17,6 +18,7 @@ pub mod body;
 pub mod coalesce;
 pub mod gauge;
 pub mod headers;
+pub mod limits;
 pub mod name;
 pub mod transport;
 pub mod websocket;

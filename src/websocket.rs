@@ -53,6 +53,15 @@ pub fn config(max_message: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
+/// The error a `send` of `len` bytes over the socket's `cap` fails with; the socket is
+/// closed with 1009.
+pub fn too_big(len: usize, cap: usize) -> capnp::Error {
+    capnp::Error::failed(format!(
+        "message too big: {len} bytes is over this socket's cap of {cap} bytes \
+         (Limits.maxWsMessage); the socket is closed with 1009"
+    ))
+}
+
 /// Fills a `send` request with `message`; returns false for frames that are not data.
 pub fn write_message(builder: message::Builder<'_>, message: &Message) -> bool {
     let mut builder = builder;

@@ -3,122 +3,16 @@
 
 mod common;
 
-use std::future::Future;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use capnp_rpc::rpc_twoparty_capnp::Side;
-use capstan::capstan_capnp::{fetcher, gateway, register_result, registration, RegisterError};
-use capstan::transport::rpc_system;
+use capstan::capstan_capnp::{fetcher, RegisterError};
+use common::raw::{dial, dial_cuttable, on_local_thread, register, RawTunnel};
 use common::ws::{close_of, open};
 use common::*;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::compat::TokioAsyncReadCompatExt;
-
-/// Runs `make()` on a thread of its own with a `LocalSet`: raw capnp peers are `!Send`.
-fn on_local_thread<F, Fut, T>(make: F) -> std::thread::JoinHandle<T>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&runtime, make())
-    })
-}
-
-/// Connects to the gateway's raw RPC port and returns its bootstrap.
-async fn dial(rpc: std::net::SocketAddr, fetcher: &fetcher::Client) -> gateway::Client {
-    let stream = tokio::net::TcpStream::connect(rpc).await.unwrap();
-    let mut system = rpc_system(stream.compat(), Side::Client, Some(fetcher.clone().client));
-    let gateway = system.bootstrap(Side::Server);
-    tokio::task::spawn_local(system);
-    gateway
-}
-
-/// Like [`dial`], and also returns the connection's task: dropping it cuts the connection
-/// at once, as a crash would.
-async fn dial_cuttable(
-    rpc: std::net::SocketAddr,
-    fetcher: &fetcher::Client,
-) -> (gateway::Client, tokio_util::task::AbortOnDropHandle<()>) {
-    let stream = tokio::net::TcpStream::connect(rpc).await.unwrap();
-    let mut system = rpc_system(stream.compat(), Side::Client, Some(fetcher.clone().client));
-    let gateway = system.bootstrap(Side::Server);
-    let task = tokio::task::spawn_local(async move {
-        let _ = system.await;
-    });
-    (gateway, tokio_util::task::AbortOnDropHandle::new(task))
-}
-
-/// Registers `name` for `fetcher`; returns the registration or the refusal code.
-async fn register(
-    gateway: &gateway::Client,
-    name: &str,
-    fetcher: &fetcher::Client,
-) -> Result<registration::Client, RegisterError> {
-    let mut request = gateway.register_request();
-    request.get().set_name(name);
-    request.get().set_token("");
-    request.get().set_fetcher(fetcher.clone());
-    let response = request.send().promise.await.unwrap();
-    match response
-        .get()
-        .unwrap()
-        .get_result()
-        .unwrap()
-        .which()
-        .unwrap()
-    {
-        register_result::Ok(ok) => Ok(ok.get_registration().unwrap()),
-        register_result::Error(error) => Err(error.get_code().unwrap()),
-    }
-}
-
-/// A raw capnp tunnel serving one `Fetcher` under `name` on its own thread, until dropped.
-struct RawTunnel {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RawTunnel {
-    async fn start<S, F>(gateway: &TestGateway, name: &'static str, make: F) -> Self
-    where
-        S: fetcher::Server,
-        F: FnOnce() -> S + Send + 'static,
-    {
-        let rpc = gateway.thread.rpc_addr().unwrap();
-        let (registered_tx, registered) = tokio::sync::oneshot::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = on_local_thread(move || async move {
-            let fetcher: fetcher::Client = capnp_rpc::new_client(make());
-            let gateway = dial(rpc, &fetcher).await;
-            let _registration = register(&gateway, name, &fetcher).await.unwrap();
-            registered_tx.send(()).unwrap();
-            let _ = stopped.await;
-        });
-        registered.await.unwrap();
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for RawTunnel {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|stop| stop.send(()));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// A tunnel whose calls never return: not even `ping`.
 struct Silent;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capstan::capstan_capnp::{fetcher, gateway, register_result, registration, RegisterError};
+use capstan::limits::Limits;
 use capstan::transport::{rpc_system, RpcConnection, WebSocketIo};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::compat::TokioAsyncReadCompatExt;
@@ -84,6 +85,8 @@ pub(crate) struct Connection {
     pub(crate) registration: registration::Client,
     pub(crate) url: String,
     pub(crate) name: String,
+    /// The sizes the gateway accepts (the defaults when an older gateway said nothing).
+    pub(crate) limits: Limits,
 }
 
 enum Dial {
@@ -152,14 +155,17 @@ async fn open(address: &str, fetcher: &fetcher::Client) -> Result<RpcConnection,
 /// never answers would otherwise hang the first connect, or a reconnect, for good.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to `address` and registers `fetcher` under `name` ("" lets the gateway pick).
+/// Connects to `address` and registers `fetcher` under `name` ("" lets the gateway pick),
+/// declaring that this end accepts `limits`.
 pub(crate) async fn register(
     address: &str,
     name: &str,
     token: &str,
     fetcher: &fetcher::Client,
+    limits: Limits,
 ) -> Result<Connection, ConnectError> {
-    tokio::time::timeout(CONNECT_TIMEOUT, register_now(address, name, token, fetcher))
+    let registered = register_now(address, name, token, fetcher, limits);
+    tokio::time::timeout(CONNECT_TIMEOUT, registered)
         .await
         .unwrap_or_else(|_| {
             Err(ConnectError::Unreachable {
@@ -174,6 +180,7 @@ async fn register_now(
     name: &str,
     token: &str,
     fetcher: &fetcher::Client,
+    limits: Limits,
 ) -> Result<Connection, ConnectError> {
     let mut rpc = open(address, fetcher).await?;
     let gateway: gateway::Client = rpc.bootstrap(Side::Server);
@@ -186,6 +193,7 @@ async fn register_now(
     request.get().set_name(name);
     request.get().set_token(token);
     request.get().set_fetcher(fetcher.clone());
+    limits.write(request.get().init_limits());
     let response = request.send().promise.await?;
     let outcome = (|| -> capnp::Result<_> {
         Ok(match response.get()?.get_result()?.which()? {
@@ -193,6 +201,7 @@ async fn register_now(
                 ok.get_registration()?,
                 ok.get_url()?.to_string()?,
                 ok.get_name()?.to_string()?,
+                Limits::read(ok.has_limits().then(|| ok.get_limits()).transpose()?),
             )),
             register_result::Error(error) => Err(ConnectError::Refused {
                 code: error.get_code()?,
@@ -200,12 +209,13 @@ async fn register_now(
             }),
         })
     })()?;
-    let (registration, url, name) = outcome?;
+    let (registration, url, name, limits) = outcome?;
     Ok(Connection {
         rpc,
         registration,
         url,
         name,
+        limits,
     })
 }
 

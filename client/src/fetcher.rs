@@ -5,8 +5,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use capstan::body::{channel, pump};
+use capstan::body::{channel, over_limit, pump};
 use capstan::capstan_capnp::{fetcher, responder, response};
+use capstan::limits::Limits;
 use capstan::MAX_CHUNK;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
@@ -54,7 +55,8 @@ pub(crate) struct FetcherImpl<O> {
     origin: O,
     active: Rc<Active>,
     counters: Counters,
-    max_ws_message: usize,
+    /// What both ends accept: messages to the gateway stay within it.
+    agreed: Rc<Cell<Limits>>,
 }
 
 impl<O: Origin> FetcherImpl<O> {
@@ -62,13 +64,13 @@ impl<O: Origin> FetcherImpl<O> {
         origin: O,
         active: Rc<Active>,
         counters: Counters,
-        max_ws_message: usize,
+        agreed: Rc<Cell<Limits>>,
     ) -> Self {
         Self {
             origin,
             active,
             counters,
-            max_ws_message,
+            agreed,
         }
     }
 }
@@ -94,15 +96,20 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
         let responder = params.get_responder()?;
         // Held until the call ends: dropping it cancels the gateway's upload.
         let (body, upload) = if params.has_body() {
-            let (sink, body) = channel();
+            let (sink, body) = channel(MAX_CHUNK);
             let mut pipe = params.get_body()?.pipe_to_request();
             pipe.get().set_sink(sink);
             (RequestBody::stream(body), Some(pipe.send().promise))
         } else {
-            (
-                RequestBody::full(Bytes::copy_from_slice(wire.get_body()?)),
-                None,
-            )
+            let inline = wire.get_body()?;
+            if inline.len() > MAX_CHUNK {
+                return Err(over_limit(
+                    "an inline request body",
+                    inline.len(),
+                    MAX_CHUNK,
+                ));
+            }
+            (RequestBody::full(Bytes::copy_from_slice(inline)), None)
         };
         let mut request = Request::new(body);
         *request.method_mut() = method;
@@ -127,7 +134,8 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
             }
         };
         let status = response.status();
-        let outcome = respond(response, responder, &mut results).await;
+        let chunk = self.agreed.get().chunk;
+        let outcome = respond(response, responder, &mut results, chunk).await;
         match &outcome {
             Ok(()) => info!("{line} {} {:.1?}", status.as_u16(), started.elapsed()),
             Err(err) => info!(
@@ -154,10 +162,9 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
         let public = params.get_public_socket()?;
         let line = format!("WS {}", request.uri());
 
-        let handshake = self
-            .origin
-            .connect_websocket(request, self.max_ws_message)
-            .await;
+        // The origin's socket refuses (1009) what the gateway would not take.
+        let max_message = self.agreed.get().ws_message;
+        let handshake = self.origin.connect_websocket(request, max_message).await;
         let mut answer = results.get();
         match handshake {
             Ok(Handshake::Accepted { response, socket }) => {
@@ -171,7 +178,8 @@ impl<O: Origin> fetcher::Server for FetcherImpl<O> {
                     response.status(),
                     response.headers(),
                 );
-                answer.set_local_socket(websocket::open(*socket, public, &self.counters));
+                let local = websocket::open(*socket, public, max_message, &self.counters);
+                answer.set_local_socket(local);
             }
             Ok(Handshake::Refused(response)) => {
                 info!(
@@ -212,13 +220,14 @@ async fn respond(
     response: Response<OriginBody>,
     responder: responder::Client,
     results: &mut fetcher::FetchResults,
+    chunk: usize,
 ) -> Result<(), capnp::Error> {
     let (parts, body) = response.into_parts();
     let small = body.is_end_stream()
         || body
             .size_hint()
             .exact()
-            .is_some_and(|n| n <= MAX_CHUNK as u64);
+            .is_some_and(|n| n <= chunk.min(MAX_CHUNK) as u64);
     if small {
         let bytes = body.collect().await.map_err(failed)?.to_bytes();
         let mut wire = results.get().init_response();
@@ -229,5 +238,5 @@ async fn respond(
     let mut start = responder.start_request();
     write_head(start.get().init_response(), parts.status, &parts.headers);
     let sink = start.send().promise.await?.get()?.get_body()?;
-    pump(body, &sink).await.map_err(failed)
+    pump(body, &sink, chunk).await.map_err(failed)
 }

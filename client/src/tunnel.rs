@@ -1,10 +1,12 @@
 //! A tunnel's life: first registration, heartbeat, reconnect with capped backoff, drain.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use capstan::capstan_capnp::{fetcher, RegisterError};
+use capstan::limits::Limits;
 use tracing::{info, warn};
 
 use crate::connect::{register, ConnectError, Connection};
@@ -28,6 +30,9 @@ pub struct Tunnel {
     registrations: tokio::sync::watch::Sender<u64>,
     fetcher: fetcher::Client,
     active: Rc<Active>,
+    /// What both this end and the gateway accept; the fetcher sends within it. Updated at
+    /// each registration, since a restarted gateway may have other limits.
+    agreed: Rc<Cell<Limits>>,
     connection: Connection,
 }
 
@@ -40,13 +45,14 @@ impl Tunnel {
     ) -> Result<Self, ConnectError> {
         let active = Rc::new(Active::default());
         let counters = Counters::default();
+        let agreed = Rc::new(Cell::new(Limits::with_ws_message(options.max_ws_message)));
         let fetcher: fetcher::Client = capnp_rpc::new_client(FetcherImpl::new(
             origin,
             active.clone(),
             counters.clone(),
-            options.max_ws_message,
+            agreed.clone(),
         ));
-        Self::register_fetcher(options, fetcher, active, counters).await
+        Self::register_fetcher(options, fetcher, active, counters, agreed).await
     }
 
     /// Registers `fetcher`, a `Fetcher` capability of your own: the lowest level, where
@@ -56,7 +62,8 @@ impl Tunnel {
         options: ClientOptions,
         fetcher: fetcher::Client,
     ) -> Result<Self, ConnectError> {
-        Self::register_fetcher(options, fetcher, Rc::default(), Counters::default()).await
+        let agreed = Rc::new(Cell::new(Limits::with_ws_message(options.max_ws_message)));
+        Self::register_fetcher(options, fetcher, Rc::default(), Counters::default(), agreed).await
     }
 
     async fn register_fetcher(
@@ -64,17 +71,28 @@ impl Tunnel {
         fetcher: fetcher::Client,
         active: Rc<Active>,
         counters: Counters,
+        agreed: Rc<Cell<Limits>>,
     ) -> Result<Self, ConnectError> {
         let name = options.name.clone().unwrap_or_default();
-        let connection = register(&options.gateway, &name, &options.token, &fetcher).await?;
+        let ours = Limits::with_ws_message(options.max_ws_message);
+        let connection = register(&options.gateway, &name, &options.token, &fetcher, ours).await?;
+        agreed.set(ours.agree(connection.limits));
         Ok(Self {
             options,
             counters,
             registrations: tokio::sync::watch::Sender::new(1),
             fetcher,
             active,
+            agreed,
             connection,
         })
+    }
+
+    /// The sizes both this tunnel and its gateway accept, which it sends within: the
+    /// smaller of each of the two ends' limits. A `Fetcher` of your own
+    /// ([`connect_fetcher`](Self::connect_fetcher)) must keep to these too.
+    pub fn limits(&self) -> Limits {
+        self.agreed.get()
     }
 
     /// The public URL, e.g. `http://demo.localhost:8080`.
@@ -129,15 +147,18 @@ impl Tunnel {
                     () = &mut shutdown => return Ok(()),
                 }
                 backoff = (backoff * 2).min(self.options.max_backoff);
+                let ours = Limits::with_ws_message(self.options.max_ws_message);
                 let attempt = register(
                     &self.options.gateway,
                     &self.connection.name,
                     &self.options.token,
                     &self.fetcher,
+                    ours,
                 );
                 match attempt.await {
                     Ok(connection) => {
                         info!(tunnel = %connection.name, url = %connection.url, "reconnected");
+                        self.agreed.set(ours.agree(connection.limits));
                         self.connection = connection;
                         self.registrations.send_modify(|n| *n += 1);
                         break;

@@ -22,6 +22,7 @@ type Sink = Rc<Mutex<SplitSink<OriginSocket, Message>>>;
 pub(crate) fn open(
     socket: OriginSocket,
     public: web_socket_handle::Client,
+    max_message: usize,
     counters: &Counters,
 ) -> web_socket_handle::Client {
     let (sink, stream) = socket.split();
@@ -35,13 +36,15 @@ pub(crate) fn open(
         stream,
         sink.clone(),
         unflushed.clone(),
-        public,
+        public.clone(),
         released_rx,
         live,
     ));
     capnp_rpc::new_client(LocalSocket {
         sink,
         unflushed,
+        public,
+        max_message,
         _released: released_tx,
         _live: counters.socket_handles.guard(),
     })
@@ -52,6 +55,10 @@ struct LocalSocket {
     sink: Sink,
     /// Wakes the pump to flush what `send` calls queued.
     unflushed: Rc<Notify>,
+    /// The visitor's end, told when a message over the cap closes the socket.
+    public: web_socket_handle::Client,
+    /// The largest message both ends accept.
+    max_message: usize,
     /// Dropped with the capability: tells the pump the gateway let go.
     _released: oneshot::Sender<()>,
     _live: GaugeGuard,
@@ -63,6 +70,13 @@ impl web_socket_handle::Server for LocalSocket {
         params: web_socket_handle::SendParams,
     ) -> Result<(), capnp::Error> {
         let message = ws::read_message(params.get()?.get_message()?)?;
+        if message.len() > self.max_message {
+            // A gateway that ignored the agreed limit: 1009 on both sides, and this `send`
+            // fails, since the message is not delivered.
+            close_origin(&self.sink, TOO_BIG, "message too big").await;
+            let _ = ws::close(&self.public, TOO_BIG, "message too big").await;
+            return Err(ws::too_big(message.len(), self.max_message));
+        }
         // Queued, not flushed: the pump flushes once the calls that arrived together have
         // all queued theirs, so pipelined messages share a write. Queueing waits while
         // the socket is full, and that holds back the gateway's stream window.

@@ -73,7 +73,7 @@ impl responder::Server for ResponderImpl {
                 return Err(err);
             }
         };
-        let (sink, body) = channel();
+        let (sink, body) = channel(capstan::MAX_CHUNK);
         head_tx
             .send(Ok(StreamedHead {
                 status,
@@ -89,12 +89,15 @@ impl responder::Server for ResponderImpl {
 /// A visitor's request body that the tunnel pulls with `pipeTo`.
 pub(crate) struct BodySourceImpl {
     body: RefCell<Option<Incoming>>,
+    /// The largest write the tunnel accepts.
+    chunk: usize,
 }
 
 impl BodySourceImpl {
-    pub(crate) fn client(body: Incoming) -> body_source::Client {
+    pub(crate) fn client(body: Incoming, chunk: usize) -> body_source::Client {
         capnp_rpc::new_client(Self {
             body: RefCell::new(Some(body)),
+            chunk,
         })
     }
 }
@@ -111,7 +114,7 @@ impl body_source::Server for BodySourceImpl {
                 "BodySource.pipeTo called twice".into(),
             ));
         };
-        pump(body, &sink)
+        pump(body, &sink, self.chunk)
             .await
             .map_err(|err| capnp::Error::failed(format!("visitor upload: {err}")))
     }

@@ -53,7 +53,7 @@ pub(crate) async fn proxy(
     } else if body
         .size_hint()
         .exact()
-        .is_some_and(|n| n <= MAX_CHUNK as u64)
+        .is_some_and(|n| n <= tunnel.limits.chunk.min(MAX_CHUNK) as u64)
     {
         let collected = body
             .collect()
@@ -73,7 +73,9 @@ pub(crate) async fn proxy(
         capstan::headers::write(&parts.headers, &[], |n| wire.reborrow().init_headers(n));
         match body {
             RequestBody::Inline(bytes) => wire.set_body(&bytes),
-            RequestBody::Streamed(body) => params.set_body(BodySourceImpl::client(body)),
+            RequestBody::Streamed(body) => {
+                params.set_body(BodySourceImpl::client(body, tunnel.limits.chunk));
+            }
         }
         params.set_responder(responder);
     }
@@ -114,7 +116,15 @@ fn inline_response(
 ) -> capnp::Result<Response<GatewayBody>> {
     let wire = answer.get_response()?;
     let (status, headers) = capstan::headers::read_head(wire)?;
-    let mut response = Response::new(full(Bytes::copy_from_slice(wire.get_body()?)));
+    let body = wire.get_body()?;
+    if body.len() > MAX_CHUNK {
+        return Err(capstan::body::over_limit(
+            "an inline response body",
+            body.len(),
+            MAX_CHUNK,
+        ));
+    }
+    let mut response = Response::new(full(Bytes::copy_from_slice(body)));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     Ok(response)

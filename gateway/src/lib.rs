@@ -129,6 +129,11 @@ impl State {
         &self.public_scheme
     }
 
+    /// The sizes this gateway accepts, as it tells each tunnel at registration.
+    pub(crate) fn limits(&self) -> capstan::limits::Limits {
+        capstan::limits::Limits::with_ws_message(self.options.max_ws_message)
+    }
+
     pub(crate) fn next_session_id(&self) -> u64 {
         let id = self.next_session.get();
         self.next_session.set(id + 1);

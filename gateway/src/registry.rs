@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capstan::capstan_capnp::fetcher;
+use capstan::limits::Limits;
 use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -16,6 +17,8 @@ pub(crate) struct Tunnel {
     pub(crate) fetcher: fetcher::Client,
     /// The connection it arrived on; several names may share one.
     pub(crate) session: u64,
+    /// The sizes both the gateway and this tunnel accept.
+    pub(crate) limits: Limits,
     /// Bounds the calls in flight: capnp-rpc queues ordinary calls without limit.
     inflight: Arc<Semaphore>,
     limit: usize,
@@ -87,6 +90,7 @@ impl Registry {
         token: &str,
         fetcher: fetcher::Client,
         session: u64,
+        limits: Limits,
     ) -> Result<std::rc::Rc<Tunnel>, (Refusal, fetcher::Client)> {
         self.expire();
         if self.live.contains_key(name) {
@@ -102,6 +106,7 @@ impl Registry {
             name: name.to_owned(),
             fetcher,
             session,
+            limits,
             inflight: Arc::new(Semaphore::new(self.max_inflight)),
             limit: self.max_inflight,
             token: token.to_owned(),

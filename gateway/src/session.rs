@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capstan::capstan_capnp::{gateway, register_result, registration, RegisterError};
+use capstan::limits::Limits;
 use capstan::{name, transport};
 use futures::future::join_all;
 use subtle::ConstantTimeEq;
@@ -158,6 +159,7 @@ impl GatewayImpl {
         name: &str,
         token: &str,
         fetcher: capstan::capstan_capnp::fetcher::Client,
+        limits: Limits,
     ) -> Result<(Rc<Tunnel>, String), Refused> {
         let state = &self.session.state;
         let tokens = &state.options.tokens;
@@ -192,7 +194,8 @@ impl GatewayImpl {
             })?;
             name.to_owned()
         };
-        let inserted = registry.insert(&name, token, fetcher, self.session.id);
+        let limits = state.limits().agree(limits);
+        let inserted = registry.insert(&name, token, fetcher, self.session.id, limits);
         // The refused fetcher is dropped after the borrow ends (see `Session::unregister`).
         drop(registry);
         let tunnel = inserted.map_err(|(Refusal::Taken, _fetcher)| {
@@ -215,8 +218,15 @@ impl gateway::Server for GatewayImpl {
         let name = params.get_name()?.to_str()?;
         let token = params.get_token()?.to_str()?;
         let fetcher = params.get_fetcher()?;
+        // A peer on the schema before `limits` sends none: it gets the defaults.
+        let limits = Limits::read(
+            params
+                .has_limits()
+                .then(|| params.get_limits())
+                .transpose()?,
+        );
         let result = results.get().init_result();
-        match self.admit(name, token, fetcher) {
+        match self.admit(name, token, fetcher, limits) {
             Ok((tunnel, name)) => {
                 let url = self.session.state.url_for(&name);
                 info!(tunnel = %name, %url, "tunnel registered");
@@ -229,6 +239,7 @@ impl gateway::Server for GatewayImpl {
                 ok.set_registration(registration);
                 ok.set_url(&url);
                 ok.set_name(&name);
+                self.session.state.limits().write(ok.init_limits());
             }
             Err(Refused(code, message)) => {
                 info!(name, ?code, "registration refused");

@@ -1,5 +1,6 @@
 //! One visitor WebSocket: `connectWebSocket` before the upgrade, then one pump each way.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use capstan::capstan_capnp::web_socket_handle;
 use capstan::gauge::GaugeGuard;
 use capstan::websocket::{self as ws, GOING_AWAY, TOO_BIG};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
@@ -102,7 +104,9 @@ pub(crate) async fn proxy(
     for name in ws::PER_HOP_HEADERS {
         parts.headers.remove(name);
     }
-    let (public, outbound) = PublicSocket::client(state);
+    // What both the gateway and this tunnel accept, each way.
+    let max_message = tunnel.limits.ws_message;
+    let (public, outbound) = PublicSocket::client(state, max_message);
     let mut call = tunnel.fetcher.connect_web_socket_request();
     {
         let mut params = call.get();
@@ -124,7 +128,12 @@ pub(crate) async fn proxy(
             return Err(ProxyError::Protocol("a 101 answer without a socket".into()));
         }
         // The origin refused: the visitor gets its answer as is, at once.
-        let body = bytes::Bytes::copy_from_slice(head.get_body().map_err(protocol)?);
+        let body = head.get_body().map_err(protocol)?;
+        if body.len() > capstan::MAX_CHUNK {
+            let err = capstan::body::over_limit("an inline body", body.len(), capstan::MAX_CHUNK);
+            return Err(protocol(err));
+        }
+        let body = bytes::Bytes::copy_from_slice(body);
         let mut response = Response::new(full(body));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
@@ -140,7 +149,7 @@ pub(crate) async fn proxy(
     let pump = Pump {
         local,
         outbound,
-        max_message: state.options.max_ws_message,
+        max_message,
         stop: state.stop_sessions.clone(),
         _live: state.counters.websockets.guard(),
     };
@@ -161,6 +170,8 @@ enum Closing {
 enum Outbound {
     Message(Message),
     Close(u16, String),
+    /// The tunnel sent a message over the cap: 1009 to the visitor and to the tunnel.
+    TooBig,
 }
 
 /// The visitor's socket as a capability: the tunnel's `send` calls land here.
@@ -168,6 +179,8 @@ struct PublicSocket {
     tx: mpsc::Sender<Outbound>,
     /// Permits for [`OUTBOUND_BYTES`]; the pump gives them back as it writes.
     budget: Rc<Semaphore>,
+    /// The largest message both ends accept; a bigger `send` closes the socket with 1009.
+    max_message: usize,
     _live: GaugeGuard,
 }
 
@@ -178,12 +191,13 @@ fn cost(message: &Message) -> u32 {
 }
 
 impl PublicSocket {
-    fn client(state: &State) -> (web_socket_handle::Client, Queue) {
+    fn client(state: &State, max_message: usize) -> (web_socket_handle::Client, Queue) {
         let (tx, rx) = mpsc::channel(OUTBOUND_DEPTH);
         let budget = Rc::new(Semaphore::new(OUTBOUND_BYTES));
         let client = capnp_rpc::new_client(Self {
             tx,
             budget: budget.clone(),
+            max_message,
             _live: state.counters.socket_handles.guard(),
         });
         (client, Queue { rx, budget })
@@ -210,6 +224,16 @@ impl web_socket_handle::Server for PublicSocket {
     ) -> Result<(), capnp::Error> {
         let message = ws::read_message(params.get()?.get_message()?)?;
         let closed = || capnp::Error::failed("the visitor's socket is closed".into());
+        if message.len() > self.max_message {
+            // A peer that ignored the agreed limit: the socket closes with 1009 on both
+            // sides, in line behind the messages before it, and this `send` fails, since
+            // the message is not delivered.
+            if let Ok(permit) = self.budget.acquire().await {
+                permit.forget();
+                let _ = self.tx.send(Outbound::TooBig).await;
+            }
+            return Err(ws::too_big(message.len(), self.max_message));
+        }
         // Waits while the visitor is slow to read: that is the backpressure.
         self.budget
             .acquire_many(cost(&message))
@@ -255,16 +279,17 @@ impl Pump {
     async fn run(self, on_upgrade: OnUpgrade) {
         let Self {
             local,
-            mut outbound,
+            outbound,
             max_message,
             stop,
             _live,
         } = self;
+        let origin = OriginEnd::new(local);
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(err) => {
                 debug!(%err, "visitor upgrade failed");
-                let _ = ws::close(&local, GOING_AWAY, "visitor connection lost").await;
+                origin.close(GOING_AWAY, "visitor connection lost").await;
                 return;
             }
         };
@@ -274,93 +299,120 @@ impl Pump {
             Some(ws::config(max_message)),
         )
         .await;
-        let (mut sink, mut stream) = socket.split();
+        let (sink, stream) = socket.split();
         // Lets the inbound pump ask the outbound one to close the visitor's socket.
         let (closing_tx, closing_rx) = oneshot::channel::<Closing>();
-
-        let inbound = async {
-            let local = &local;
-            let (code, reason) = loop {
-                match stream.next().await {
-                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                        if ws::send(local, &message).await.is_err() {
-                            let _ =
-                                closing_tx.send(Closing::Close(GOING_AWAY, "the tunnel went away"));
-                            return;
-                        }
-                    }
-                    // Ping and pong are per hop; tungstenite answers pings itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(frame))) => {
-                        // Answer the visitor's close now; the origin's answer is not needed.
-                        let _ = closing_tx.send(Closing::Reply);
-                        break ws::from_frame(frame.as_ref());
-                    }
-                    Some(Err(WsError::Capacity(err))) => {
-                        debug!(%err, "visitor message over the cap");
-                        let _ = closing_tx.send(Closing::Close(TOO_BIG, "message too big"));
-                        break (TOO_BIG, "message too big".to_owned());
-                    }
-                    Some(Err(_)) | None => {
-                        break (GOING_AWAY, "visitor connection lost".to_owned())
-                    }
-                }
-            };
-            let _ = ws::close(local, code, &reason).await;
-        };
-
-        let outbound = async {
-            let mut closing = Some(closing_rx);
-            loop {
-                let next = tokio::select! {
-                    // First, so that a shutdown says so rather than "tunnel went away".
-                    biased;
-                    () = stop.cancelled() => Some(Outbound::Close(GOING_AWAY, "gateway shutting down".into())),
-                    next = outbound.rx.recv() => next,
-                    asked = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
-                        match asked {
-                            Ok(Closing::Reply) => {
-                                let _ = sink.close().await;
-                                return;
-                            }
-                            Ok(Closing::Close(code, reason)) => Some(Outbound::Close(code, reason.into())),
-                            Err(_) => { closing = None; continue; }
-                        }
-                    }
-                };
-                match next {
-                    Some(Outbound::Message(message)) => {
-                        let cost = cost(&message);
-                        if sink.feed(message).await.is_err() {
-                            return;
-                        }
-                        // Once queued in the socket's own (bounded) buffer, a message
-                        // stops counting.
-                        outbound.budget.add_permits(cost as usize);
-                        // One flush per burst, not per message: pipelined messages share
-                        // a write.
-                        if outbound.rx.is_empty() && sink.flush().await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Outbound::Close(code, reason)) => {
-                        let _ = sink.send(Message::Close(ws::to_frame(code, &reason))).await;
-                        return;
-                    }
-                    // The tunnel released the socket or died: the visitor gets 1001.
-                    None => {
-                        let frame = ws::to_frame(GOING_AWAY, "the tunnel went away");
-                        let _ = sink.send(Message::Close(frame)).await;
-                        return;
-                    }
-                }
-            }
-        };
-
+        let inbound = inbound(stream, &origin, closing_tx);
+        let outbound = outbound_pump(sink, outbound, closing_rx, &stop, &origin);
         tokio::pin!(inbound, outbound);
         tokio::select! {
             () = &mut inbound => { let _ = tokio::time::timeout(CLOSE_GRACE, outbound).await; }
             () = &mut outbound => { let _ = tokio::time::timeout(CLOSE_GRACE, inbound).await; }
         }
     }
+}
+
+/// The origin's end, as the gateway holds it: tells the tunnel of a close at most once.
+struct OriginEnd {
+    local: web_socket_handle::Client,
+    told: Cell<bool>,
+}
+
+impl OriginEnd {
+    fn new(local: web_socket_handle::Client) -> Self {
+        Self {
+            local,
+            told: Cell::new(false),
+        }
+    }
+
+    /// Calls `close(code, reason)` on the origin's end, unless it was told already.
+    async fn close(&self, code: u16, reason: &str) {
+        if !self.told.replace(true) {
+            let _ = ws::close(&self.local, code, reason).await;
+        }
+    }
+}
+
+type VisitorSink = SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
+type VisitorStream = SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// Visitor to origin: each message becomes one `send` on the origin's end.
+async fn inbound(mut stream: VisitorStream, origin: &OriginEnd, closing: oneshot::Sender<Closing>) {
+    let (code, reason) = loop {
+        match stream.next().await {
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                if ws::send(&origin.local, &message).await.is_err() {
+                    let _ = closing.send(Closing::Close(GOING_AWAY, "the tunnel went away"));
+                    return;
+                }
+            }
+            // Ping and pong are per hop; tungstenite answers pings itself.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                // Answer the visitor's close now; the origin's answer is not needed.
+                let _ = closing.send(Closing::Reply);
+                break ws::from_frame(frame.as_ref());
+            }
+            Some(Err(WsError::Capacity(err))) => {
+                debug!(%err, "visitor message over the cap");
+                let _ = closing.send(Closing::Close(TOO_BIG, "message too big"));
+                break (TOO_BIG, "message too big".to_owned());
+            }
+            Some(Err(_)) | None => break (GOING_AWAY, "visitor connection lost".to_owned()),
+        }
+    };
+    origin.close(code, &reason).await;
+}
+
+/// Origin to visitor: writes what the tunnel's `send` calls queued, and every close.
+async fn outbound_pump(
+    mut sink: VisitorSink,
+    mut queue: Queue,
+    closing: oneshot::Receiver<Closing>,
+    stop: &CancellationToken,
+    origin: &OriginEnd,
+) {
+    let mut closing = Some(closing);
+    let (code, reason) = loop {
+        let next = tokio::select! {
+            // First, so that a shutdown says so rather than "tunnel went away".
+            biased;
+            () = stop.cancelled() => break (GOING_AWAY, "gateway shutting down".to_owned()),
+            next = queue.rx.recv() => next,
+            asked = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
+                match asked {
+                    Ok(Closing::Reply) => {
+                        let _ = sink.close().await;
+                        return;
+                    }
+                    Ok(Closing::Close(code, reason)) => break (code, reason.to_owned()),
+                    Err(_) => { closing = None; continue; }
+                }
+            }
+        };
+        match next {
+            Some(Outbound::Message(message)) => {
+                let cost = cost(&message);
+                if sink.feed(message).await.is_err() {
+                    return;
+                }
+                // Once queued in the socket's own (bounded) buffer, a message stops
+                // counting.
+                queue.budget.add_permits(cost as usize);
+                // One flush per burst, not per message: pipelined messages share a write.
+                if queue.rx.is_empty() && sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            Some(Outbound::Close(code, reason)) => break (code, reason),
+            Some(Outbound::TooBig) => {
+                origin.close(TOO_BIG, "message too big").await;
+                break (TOO_BIG, "message too big".to_owned());
+            }
+            // The tunnel released the socket or died: the visitor gets 1001.
+            None => break (GOING_AWAY, "the tunnel went away".to_owned()),
+        }
+    };
+    let _ = sink.send(Message::Close(ws::to_frame(code, &reason))).await;
 }

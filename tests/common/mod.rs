@@ -4,6 +4,7 @@
 pub mod origin;
 pub mod peer;
 pub mod python;
+pub mod raw;
 pub mod relay;
 pub mod ws;
 pub mod ws_origin;
