@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use capstan_client::origin::{Handshake, OriginBody, RequestBody};
 use capstan_client::{LocalPort, Origin, OriginError, TunnelThread};
-use common::python::{python, spawn};
+use common::python::{python, spawn, Transport};
 use common::ws::{close_of, next_data, open};
 use common::*;
 use futures::SinkExt;
@@ -30,12 +30,12 @@ fn mixed(i: usize) -> Message {
     }
 }
 
-/// Real visitors through the Rust gateway to `capnp_tunnel.py`.
-async fn python_tunnel(extended: bool) {
+/// Real visitors through the Rust gateway to `capnp_tunnel.py`, dialed over `transport`.
+async fn python_tunnel(extended: bool, transport: Transport) {
     let Some(python) = python() else { return };
     let gateway = TestGateway::start();
     let name = if extended { "pyext" } else { "pytun" };
-    let mut args = vec![gateway.rpc_url(), name.to_owned()];
+    let mut args = vec![transport.url(&gateway), name.to_owned()];
     if extended {
         args.push("--extended".to_owned());
     }
@@ -119,12 +119,17 @@ async fn python_tunnel(extended: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_tunnel_behind_rust_gateway() {
-    python_tunnel(false).await;
+    python_tunnel(false, Transport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tunnel_over_a_websocket_behind_rust_gateway() {
+    python_tunnel(false, Transport::WebSocket).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_tunnel_with_extended_schema_behind_rust_gateway() {
-    python_tunnel(true).await;
+    python_tunnel(true, Transport::Tcp).await;
 }
 
 /// `TestOrigin` for HTTP and `WsOrigin` for WebSockets, behind one tunnel.

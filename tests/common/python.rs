@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use super::peer::Peer;
-use super::{announce_missing, skip_unless_ci};
+use super::{announce_missing, skip_unless_ci, TestGateway};
 
 const WHAT: &str = "Python with websockets and pycapnp";
 
@@ -72,4 +72,23 @@ pub fn spawn(python: &Path, script: &str, args: &[&str]) -> Peer {
         .args(args)
         .env("PYTHONDONTWRITEBYTECODE", "1"); // no __pycache__ in tests/python
     Peer::spawn(command)
+}
+
+/// How `tests/python/capnp_tunnel.py` dials the gateway.
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    /// Raw RPC on the gateway's `--rpc-listen` port.
+    Tcp,
+    /// RPC over the binary messages of a WebSocket to the public port's `/_capstan/connect`.
+    WebSocket,
+}
+
+impl Transport {
+    /// The address the Python tunnel dials `gateway` at.
+    pub fn url(self, gateway: &TestGateway) -> String {
+        match self {
+            Self::Tcp => gateway.rpc_url(),
+            Self::WebSocket => format!("ws://{}", gateway.addr()),
+        }
+    }
 }

@@ -1,28 +1,41 @@
-"""A capstan tunnel client on pycapnp (2.x), for tests/interop_python.rs.
+"""A capstan tunnel on pycapnp (2.x), for tests/interop_python.rs and python_limits.rs.
 
   capnp_tunnel.py tcp://HOST:PORT NAME [--extended]
+  capnp_tunnel.py ws://HOST:PORT NAME [--extended]
 
-Dials the gateway's raw RPC port (`--rpc-listen`), registers NAME with token "" and prints
-the public URL as its first stdout line. Then it serves its own `Fetcher`, with no origin:
+Dials the gateway: tcp:// is its raw RPC port (`--rpc-listen`); ws:// is its public port,
+where the Cap'n Proto stream rides the binary messages of a WebSocket to /_capstan/connect
+(docs/protocol.md section 1), bridged to pycapnp through a socket pair. Registers NAME with
+token "" and prints the public URL as its first stdout line. Then it serves its own
+`Fetcher`, with no origin:
 
   GET /stream?n=N   N bytes of the test pattern, streamed: Responder.start + ByteStream
   POST (any path)   "LEN HASH" of the body (FNV-1a 64, as tests/common/mod.rs); header
                     x-body says how it came: "inline", or "pipeTo" (a BodySource)
   other GETs        inline: method, path, Host header(s) and Request.priority
   WebSocket         echoes every message on publicSocket; /close-me closes with 4003
-                    "py-tunnel-bye" instead of echoing its first message. Prints
-                    "ws closed CODE REASON" for every close the gateway sends.
+                    "py-tunnel-bye" instead of echoing its first message; /send?n=N first
+                    sends N pattern bytes as one binary message and prints "send N ok", or
+                    "send N failed: FIRST LINE OF THE ERROR". Prints "ws closed CODE
+                    REASON" for every close the gateway sends.
 
 --extended loads capstan_extended.capnp, a newer peer's schema, instead of the real one.
 """
 
 import asyncio
+import socket
 import sys
 import traceback
 
 import capnp
+from websockets.asyncio.client import connect
 
 from capnp_common import EXTENDED, MAX_CHUNK, fnv, pattern, schema
+
+MAX_WS_WRITE = 1 << 20  # bytes of the stream per WebSocket message we send
+MAX_WS_READ = 33 << 20  # above the gateway's transport limit (32 MiB + 1 KiB)
+TASKS = set()  # asyncio keeps only weak references to tasks: hold ours here
+
 
 def query(path, key):
     for pair in path.partition("?")[2].split("&"):
@@ -81,6 +94,17 @@ class Echo(schema.WebSocketHandle.Server):
             request = self.public.close_request()
             request.code, request.reason = code, reason
             await request.send()
+
+
+async def send_pattern(public, n):
+    """/send?n=N: one binary message of N pattern bytes on publicSocket, and its outcome."""
+    request = public.send_request()
+    request.init("message").binary = pattern(0, n)
+    try:
+        await request.send()
+        print(f"send {n} ok", flush=True)
+    except Exception as err:
+        print(f"send {n} failed: {str(err).splitlines()[0]}", flush=True)
 
 
 def inline(context, status, text, headers=()):
@@ -143,6 +167,9 @@ class Fetcher(schema.Fetcher.Server):
         echo = Echo(context.params.publicSocket, close_first=path.startswith("/close-me"))
         context.results.init("response").status = 101  # the gateway adds its own accept
         context.results.localSocket = echo
+        if path.startswith("/send"):  # a task: the handshake returns without it
+            send = send_pattern(context.params.publicSocket, int(query(path, "n")))
+            TASKS.add(asyncio.create_task(send))
 
     async def ping_context(self, context):
         pass
@@ -151,12 +178,43 @@ class Fetcher(schema.Fetcher.Server):
         context.results.count = self.served
 
 
+async def dial(address):
+    """A pycapnp stream to the gateway at tcp://HOST:PORT or ws://HOST:PORT."""
+    if address.startswith("tcp://"):
+        host, _, port = address.removeprefix("tcp://").rpartition(":")
+        return await capnp.AsyncIoStream.create_connection(host=host, port=int(port))
+    ws = await connect(
+        address + "/_capstan/connect",
+        compression=None,
+        max_size=MAX_WS_READ,
+        proxy=None,
+    )
+    # pycapnp wants a socket: it gets one end of a pair, and we pump the other end.
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def upstream():  # what pycapnp writes, cut into binary messages
+        while data := await loop.sock_recv(theirs, MAX_WS_WRITE):
+            await ws.send(data)
+        await ws.close()
+
+    async def downstream():  # each binary message: the next bytes, boundaries mean nothing
+        try:
+            async for data in ws:
+                if isinstance(data, str):
+                    break  # a text message breaks the protocol
+                await loop.sock_sendall(theirs, data)
+        finally:
+            theirs.shutdown(socket.SHUT_WR)  # EOF: pycapnp sees the connection end
+
+    TASKS.update(asyncio.create_task(pump()) for pump in (upstream, downstream))
+    return await capnp.AsyncIoStream.create_connection(sock=ours)
+
+
 async def main():
     address, name = sys.argv[1], sys.argv[2]
-    host, _, port = address.removeprefix("tcp://").rpartition(":")
-    client = capnp.TwoPartyClient(
-        await capnp.AsyncIoStream.create_connection(host=host, port=int(port))
-    )
+    client = capnp.TwoPartyClient(await dial(address))
     gateway = client.bootstrap().cast_as(schema.Gateway)
     # Not gateway.register(name=...): `name` clashes with pycapnp's own `_send(name, ...)`.
     request = gateway.register_request()
