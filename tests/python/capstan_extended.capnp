@@ -2,7 +2,8 @@
 # tests/python/capstan_extended.capnp: schema/capstan.capnp as a NEWER peer would have it,
 # for the compatibility tests in tests/interop_python.rs. Same file id, same type names (so
 # the same interface ids); two additions, appended as docs/protocol.md section 10 allows:
-# `Request.priority @4` and `Fetcher.stats @3`. Keep the rest identical to the real schema.
+# `Request.priority @4` and `Fetcher.stats @3`. It predates `Limits`, so it also stands for
+# an older peer there (docs/protocol.md section 10). Keep the rest as it is.
 # capstan: a tunnel that carries HTTP and WebSockets over Cap'n Proto RPC.
 #
 # Two vats meet on one two-party connection: the *gateway* (public HTTP server) and the
