@@ -77,10 +77,14 @@ pub fn read(list: capnp::struct_list::Reader<'_, wire::Owned>) -> capnp::Result<
     Ok(map)
 }
 
-/// Reads a `Response`'s status and headers, refusing a status HTTP does not allow.
+/// Reads a `Response`'s status and headers, refusing a status outside 100-599 (RFC 9110
+/// section 15 defines no others, and clients treat them in unknown ways).
 pub fn read_head(response: response::Reader<'_>) -> capnp::Result<(StatusCode, HeaderMap)> {
-    let status = StatusCode::from_u16(response.get_status())
-        .map_err(|_| capnp::Error::failed(format!("bad status {}", response.get_status())))?;
+    let code = response.get_status();
+    let status = StatusCode::from_u16(code)
+        .ok()
+        .filter(|_| (100..=599).contains(&code))
+        .ok_or_else(|| capnp::Error::failed(format!("bad status {code}: not in 100-599")))?;
     Ok((status, read(response.get_headers()?)?))
 }
 

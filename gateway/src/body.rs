@@ -1,21 +1,17 @@
-//! The capabilities a `fetch` call carries, `Responder` and `BodySource`, and the response
-//! body that streams from the tunnel to the visitor.
+//! The capabilities a `fetch` call carries: `Responder` and `BodySource`.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use capnp::capability::{Promise, Response};
 use capstan::body::{channel, pump, ChannelBody};
-use capstan::capstan_capnp::{body_source, fetcher, responder};
+use capstan::capstan_capnp::{body_source, responder};
 use http::{HeaderMap, StatusCode};
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 
 /// The body type of every response the gateway sends.
 ///
@@ -66,6 +62,19 @@ impl responder::Server for ResponderImpl {
             .get()
             .and_then(|p| p.get_response())
             .and_then(capstan::headers::read_head);
+        let head = head.and_then(|(status, headers)| {
+            check_final_status(status)?;
+            let body = params.get()?.get_response()?.get_body()?;
+            if !body.is_empty() {
+                // Dropping it silently would hide a tunnel bug: say so.
+                return Err(capnp::Error::failed(format!(
+                    "Responder.start carried a body of {} bytes; a streamed body goes \
+                     through the ByteStream it returns",
+                    body.len()
+                )));
+            }
+            Ok((status, headers))
+        });
         let (status, headers) = match head {
             Ok(head) => head,
             Err(err) => {
@@ -120,60 +129,13 @@ impl body_source::Server for BodySourceImpl {
     }
 }
 
-/// The visitor's view of a streamed response: the tunnel's `ByteStream` writes, cut off if
-/// the `fetch` call fails first. Dropping it cancels the call, which stops the origin.
-pub(crate) struct TunnelBody {
-    body: ChannelBody,
-    call: Option<Promise<Response<fetcher::fetch_results::Owned>, capnp::Error>>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl TunnelBody {
-    /// The body of a streamed response; `call` is None when it has already returned.
-    pub(crate) fn new(
-        body: ChannelBody,
-        call: Option<Promise<Response<fetcher::fetch_results::Owned>, capnp::Error>>,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        Self {
-            body,
-            call,
-            _permit: permit,
-        }
+/// Refuses an informational (1xx) status as the final answer to a `fetch`.
+pub(crate) fn check_final_status(status: StatusCode) -> Result<(), capnp::Error> {
+    if status.is_informational() {
+        return Err(capnp::Error::failed(format!(
+            "status {} is informational, not an answer",
+            status.as_u16()
+        )));
     }
-}
-
-impl Body for TunnelBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
-        }
-        // Nothing to read yet. A tunnel calls `end` (and `end` is queued here) before its
-        // `fetch` returns, so a call that is over means the body will never end: cut the
-        // visitor off rather than leave it waiting.
-        let outcome = match self.call.as_mut() {
-            None => Some(Ok(())),
-            Some(call) => match Pin::new(call).poll(cx) {
-                Poll::Ready(result) => Some(result.map(drop)),
-                Poll::Pending => None,
-            },
-        };
-        match outcome {
-            None => Poll::Pending,
-            Some(Err(err)) => Poll::Ready(Some(Err(err.to_string().into()))),
-            Some(Ok(())) => Poll::Ready(Some(Err(
-                "the tunnel finished the response without ending its body".into(),
-            ))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
+    Ok(())
 }

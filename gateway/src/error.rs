@@ -49,17 +49,19 @@ impl ProxyError {
         }
     }
 
-    /// Converts the single place where capnp errors meet HTTP: strips capnp's
-    /// "remote exception:" prefixes so the visitor reads the tunnel's own words.
+    /// A failed `fetch` or `connectWebSocket` call: the tunnel's exception, or a lost
+    /// connection. One of the two places where capnp errors meet HTTP (see [`visible`]).
     pub(crate) fn from_capnp(err: capnp::Error) -> Self {
-        let text = err
-            .extra
-            .trim_start_matches("remote exception: ")
-            .to_owned();
+        let text = visible(&err);
         if err.kind == capnp::ErrorKind::Disconnected {
             return Self::Tunnel(format!("the tunnel disconnected ({text})"));
         }
         Self::Tunnel(text)
+    }
+
+    /// An answer the gateway cannot use: a bad status, header or body from the tunnel.
+    pub(crate) fn bad_answer(err: capnp::Error) -> Self {
+        Self::Protocol(visible(&err))
     }
 
     /// The plain-text response a visitor sees.
@@ -70,5 +72,60 @@ impl ProxyError {
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(crate::body::full(Bytes::from(body)))
             .expect("a static status and header make a valid response")
+    }
+}
+
+/// Most bytes of a tunnel's exception text that a visitor sees.
+const VISIBLE_TEXT: usize = 300;
+
+/// A tunnel's exception text as a visitor may see it: capnp's "remote exception:"
+/// prefixes stripped, one line only (the last of a Python traceback, which pycapnp sends
+/// whole; the first of anything else), control
+/// characters replaced, and at most [`VISIBLE_TEXT`] bytes. The full text is logged.
+fn visible(err: &capnp::Error) -> String {
+    let mut text = err.extra.as_str();
+    while let Some(rest) = text.strip_prefix("remote exception: ") {
+        text = rest;
+    }
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    // A Python traceback ends with the exception itself; the rest is the peer's code.
+    let line = if text.starts_with("Traceback (most recent call last)") {
+        lines.next_back()
+    } else {
+        lines.next()
+    };
+    let line = line.unwrap_or("");
+    let mut shown: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if shown.len() > VISIBLE_TEXT || text.trim() != line {
+        tracing::debug!(full = %err.extra, "tunnel exception, shortened for the visitor");
+    }
+    if shown.len() > VISIBLE_TEXT {
+        let mut end = VISIBLE_TEXT;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown.truncate(end);
+        shown.push('…');
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visitors_see_one_short_clean_line_of_the_tunnels_text() {
+        let traceback = "remote exception: remote exception: Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: secret";
+        let shown = visible(&capnp::Error::failed(traceback.into()));
+        assert_eq!(shown, "ValueError: secret");
+        let long = format!("{}\u{7}é", "x".repeat(400));
+        let shown = visible(&capnp::Error::failed(long));
+        assert!(shown.len() <= VISIBLE_TEXT + '…'.len_utf8() && shown.ends_with('…'));
+        let bell = visible(&capnp::Error::failed("a\u{7}b".into()));
+        assert_eq!(bell, "a b");
     }
 }

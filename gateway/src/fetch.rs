@@ -12,9 +12,13 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::body::{full, BodySourceImpl, GatewayBody, ResponderImpl, StreamedHead, TunnelBody};
+use crate::body::{
+    check_final_status, full, BodySourceImpl, GatewayBody, ResponderImpl, StreamedHead,
+};
 use crate::error::ProxyError;
 use crate::registry::Tunnel;
+use crate::response::TunnelBody;
+use crate::State;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
@@ -34,11 +38,12 @@ type FetchPromise = capnp::capability::Promise<
 ///
 /// The response head is returned as soon as the tunnel sends it; the body then streams.
 pub(crate) async fn proxy(
+    state: &State,
     tunnel: Rc<Tunnel>,
     visitor: SocketAddr,
-    scheme: &str,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, ProxyError> {
+    let scheme = state.public_scheme();
     let permit = tunnel.admit()?;
     let (mut parts, body) = request.into_parts();
     add_forwarded(&mut parts.headers, visitor, scheme);
@@ -91,18 +96,18 @@ pub(crate) async fn proxy(
     };
     tokio::select! {
         head = started => {
-            let head = head.map_err(|err| ProxyError::Protocol(err.extra))?;
-            Ok(streamed_response(head, Some(promise), permit))
+            let head = head.map_err(ProxyError::bad_answer)?;
+            Ok(streamed_response(state, head, Some(promise), permit))
         }
         result = &mut promise => {
             let answer = result.map_err(ProxyError::from_capnp)?;
-            let answer = answer.get().map_err(|e| ProxyError::Protocol(e.to_string()))?;
+            let answer = answer.get().map_err(ProxyError::bad_answer)?;
             if answer.has_response() {
-                return inline_response(answer).map_err(|e| ProxyError::Protocol(e.to_string()));
+                return inline_response(answer).map_err(ProxyError::bad_answer);
             }
             match head_rx.try_recv() {
-                Ok(Ok(head)) => Ok(streamed_response(head, None, permit)),
-                Ok(Err(err)) => Err(ProxyError::Protocol(err.extra)),
+                Ok(Ok(head)) => Ok(streamed_response(state, head, None, permit)),
+                Ok(Err(err)) => Err(ProxyError::bad_answer(err)),
                 Err(_) => Err(ProxyError::Protocol(
                     "fetch returned no response and never called Responder.start".into(),
                 )),
@@ -116,6 +121,7 @@ fn inline_response(
 ) -> capnp::Result<Response<GatewayBody>> {
     let wire = answer.get_response()?;
     let (status, headers) = capstan::headers::read_head(wire)?;
+    check_final_status(status)?;
     let body = wire.get_body()?;
     if body.len() > MAX_CHUNK {
         return Err(capstan::body::over_limit(
@@ -131,11 +137,17 @@ fn inline_response(
 }
 
 fn streamed_response(
+    state: &State,
     head: StreamedHead,
     call: Option<FetchPromise>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response<GatewayBody> {
-    let body = TunnelBody::new(head.body, call, permit);
+    let length = head
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let finishing = state.finishing.clone();
+    let body = TunnelBody::new(head.body, call, length, finishing, permit);
     let mut response = Response::new(Box::pin(body) as GatewayBody);
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers;

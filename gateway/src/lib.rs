@@ -4,7 +4,8 @@
 //! - `listen`: accepts visitors, tunnel WebSockets and raw RPC; stops gracefully.
 //! - `route`: `Host` header to a tunnel, the connect endpoint, or 404.
 //! - `fetch`: one HTTP request as one `Fetcher.fetch` call.
-//! - `body`: the `Responder` and `BodySource` capabilities and the visitor's response body.
+//! - `body`: the `Responder` and `BodySource` capabilities.
+//! - `response`: the body of a streamed response, on its way to the visitor.
 //! - `websocket`: one visitor WebSocket: `connectWebSocket`, the upgrade, two pumps.
 //! - `session`: one tunnel connection: `Gateway.register`, heartbeat, cleanup.
 //! - `registry`: live tunnels by name and names held for reconnecting tunnels.
@@ -20,6 +21,7 @@ mod error;
 mod fetch;
 mod listen;
 mod registry;
+mod response;
 mod route;
 mod session;
 mod thread;
@@ -100,6 +102,8 @@ pub(crate) struct State {
     pub(crate) sessions: TaskTracker,
     /// Owns every visitor WebSocket pump.
     pub(crate) sockets: TaskTracker,
+    /// Owns the `fetch` calls left to finish after their visitor got the whole body.
+    pub(crate) finishing: TaskTracker,
     /// Ends sessions and closes visitor sockets with 1001.
     pub(crate) stop_sessions: CancellationToken,
     pub(crate) counters: Counters,
@@ -172,6 +176,7 @@ impl Gateway {
                 next_session: Cell::new(1),
                 sessions: TaskTracker::new(),
                 sockets: TaskTracker::new(),
+                finishing: TaskTracker::new(),
                 stop_sessions: CancellationToken::new(),
                 counters: Counters::default(),
             }),

@@ -73,11 +73,13 @@ pub(crate) async fn serve(
     state.stop_sessions.cancel();
     state.sessions.close();
     state.sockets.close();
+    state.finishing.close();
     // Sockets and sessions were told to close; a peer that never answers its close
     // handshake must not hold the process past this.
     let closed = async {
         state.sessions.wait().await;
         state.sockets.wait().await;
+        state.finishing.wait().await;
     };
     if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
         warn!("tunnels or sockets still closing after {CLOSE_TIMEOUT:?}; dropping them");
@@ -169,7 +171,7 @@ async fn handle(
                     "only WebSocket upgrades are carried".into(),
                 ))
             } else {
-                fetch::proxy(tunnel, peer, state.public_scheme(), request).await
+                fetch::proxy(&state, tunnel, peer, request).await
             }
         }
         Route::Offline(name) => Err(ProxyError::TunnelOffline(name)),

@@ -119,7 +119,7 @@ pub(crate) async fn proxy(
     }
     let answer = call.send().promise.await.map_err(ProxyError::from_capnp)?;
     drop(permit);
-    let protocol = |err: capnp::Error| ProxyError::Protocol(err.to_string());
+    let protocol = ProxyError::bad_answer;
     let answer = answer.get().map_err(protocol)?;
     let head = answer.get_response().map_err(protocol)?;
     let (status, mut headers) = capstan::headers::read_head(head).map_err(protocol)?;
