@@ -144,6 +144,16 @@ pub fn disconnect_now(mut disconnector: capnp_rpc::Disconnector<Side>) {
     let _ = futures::FutureExt::now_or_never(&mut disconnector);
 }
 
+/// tungstenite settings for the tunnel's own WebSocket (`/_capstan/connect`), the same on
+/// both ends: room for the largest RPC message in one WebSocket message, though the Rust
+/// ends write at most [`WS_WRITE_MAX`] per message.
+pub fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let max = Some(MAX_RPC_MESSAGE + 1024);
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(max)
+        .max_frame_size(max)
+}
+
 /// A WebSocket seen as a byte stream: each write becomes one binary message, and reads
 /// yield the payloads of binary messages back to back.
 ///

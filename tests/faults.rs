@@ -232,9 +232,13 @@ async fn in_flight_requests_per_tunnel_are_bounded() {
     for _ in 0..2 {
         within("held request", origin.arrival()).await;
     }
-    let (status, _, body) = visitor.get("demo", "/cookies").await;
+    let (status, headers, body) = visitor.get("demo", "/cookies").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(String::from_utf8_lossy(&body).contains("busy"), "{body:?}");
+    assert_eq!(
+        headers["retry-after"], "1",
+        "never an unbounded queue: come back"
+    );
 
     origin.gate.add_permits(2);
     for request in held {

@@ -147,6 +147,8 @@ async fn a_gateway_behind_another_tunnel_carries_http_and_websockets() {
     let mut inner_options = fast_gateway_options();
     inner_options.domain = "inner.test".into();
     inner_options.bare_to_single_tunnel = true;
+    // The inner gateway sits behind the outer one, which sets X-Forwarded-For.
+    inner_options.trust_forwarded = true;
     let inner = TestGateway::with_options(inner_options);
     let _app = inner.tunnel("app", origin.addr);
     let outer = TestGateway::start();

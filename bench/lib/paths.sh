@@ -166,7 +166,7 @@ CONF
 start_capstan() {
   path_reset
   local gateway url
-  spawn capstan-gateway "${SERVE[@]}" "$BIN/capstan" gateway --listen 127.0.0.1:0
+  spawn capstan-gateway "${SERVE[@]}" "$BIN/capstan" gateway --listen 127.0.0.1:0 --max-conns-per-ip 0
   P_PIDS=("$SPAWNED_PID") P_GW=$SPAWNED_PID
   gateway=$(wait_line "$RUN_DIR/capstan-gateway.out" '^http://' "$SPAWNED_PID") || return 1
   spawn capstan-client "${SERVE[@]}" "$BIN/capstan" "$ORIGIN_ADDR" --gateway "$gateway" --name bench

@@ -6,7 +6,6 @@ use capnp_rpc::rpc_twoparty_capnp::Side;
 use capstan::capstan_capnp::{fetcher, gateway, register_result, registration, RegisterError};
 use capstan::limits::Limits;
 use capstan::transport::{rpc_system, RpcConnection, WebSocketIo};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 /// Why connecting or registering failed.
@@ -128,9 +127,7 @@ async fn open(address: &str, fetcher: &fetcher::Client) -> Result<RpcConnection,
     let bootstrap = Some(fetcher.clone().client);
     match parse(address)? {
         Dial::WebSocket(url) => {
-            let config = WebSocketConfig::default()
-                .max_message_size(Some(capstan::MAX_RPC_MESSAGE + 1024))
-                .max_frame_size(Some(capstan::MAX_RPC_MESSAGE + 1024));
+            let config = capstan::transport::websocket_config();
             let (socket, _) =
                 tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
                     .await

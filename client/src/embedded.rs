@@ -37,6 +37,9 @@ impl Embedded {
         };
         let mut options = GatewayOptions::default();
         options.bare_to_single_tunnel = true;
+        // Every visitor of a loopback gateway is this machine: a per-address limit would
+        // only limit the developer's own browser and tools.
+        options.max_connections_per_ip = 0;
         let gateway = Gateway::new(options, listener)?;
         let addr = gateway.local_addr()?;
         let stop = CancellationToken::new();

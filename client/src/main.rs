@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use capstan_client::embedded::GatewayChoice;
@@ -92,6 +93,42 @@ struct GatewayArgs {
     /// that socket with 1009.
     #[arg(long, default_value_t = capstan::websocket::DEFAULT_MAX_MESSAGE)]
     max_ws_message: usize,
+    /// How long a disconnected tunnel's name stays reserved for its token (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    grace: Duration,
+    /// How long a visitor has to send a request head; also the keep-alive idle timeout.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    header_timeout: Duration,
+    /// The largest request head, in bytes; a bigger one gets 431.
+    #[arg(long, default_value_t = 32 * 1024)]
+    max_header_bytes: usize,
+    /// Most open connections from one IP address, per port; more get 429. 0: no limit.
+    #[arg(long, default_value_t = 1024)]
+    max_conns_per_ip: usize,
+    /// The largest request body, in bytes; a bigger one gets 413. No limit by default.
+    #[arg(long)]
+    max_body: Option<u64>,
+    /// Keep the X-Forwarded-For and Forwarded headers visitors send: only behind a proxy
+    /// that sets them itself.
+    #[arg(long)]
+    trust_forwarded: bool,
+}
+
+/// Parses "30s", "500ms", "2m" or a bare number of seconds.
+fn duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((text, "s"), |at| text.split_at(at));
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|err| format!("{text:?}: {err}"))
 }
 
 fn main() -> ExitCode {
@@ -134,6 +171,12 @@ async fn gateway(args: GatewayArgs, stop: CancellationToken) -> anyhow::Result<(
     options.public_url = args.public_url;
     options.max_inflight_per_tunnel = args.max_inflight;
     options.max_ws_message = args.max_ws_message;
+    options.grace = args.grace;
+    options.header_timeout = args.header_timeout;
+    options.max_header_bytes = args.max_header_bytes;
+    options.max_connections_per_ip = args.max_conns_per_ip;
+    options.max_request_body = args.max_body;
+    options.trust_forwarded = args.trust_forwarded;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

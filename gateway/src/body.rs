@@ -97,13 +97,13 @@ impl responder::Server for ResponderImpl {
 
 /// A visitor's request body that the tunnel pulls with `pipeTo`.
 pub(crate) struct BodySourceImpl {
-    body: RefCell<Option<Incoming>>,
+    body: RefCell<Option<Upload>>,
     /// The largest write the tunnel accepts.
     chunk: usize,
 }
 
 impl BodySourceImpl {
-    pub(crate) fn client(body: Incoming, chunk: usize) -> body_source::Client {
+    pub(crate) fn client(body: Upload, chunk: usize) -> body_source::Client {
         capnp_rpc::new_client(Self {
             body: RefCell::new(Some(body)),
             chunk,
@@ -138,4 +138,46 @@ pub(crate) fn check_final_status(status: StatusCode) -> Result<(), capnp::Error>
         )));
     }
     Ok(())
+}
+
+/// A visitor's streamed upload, which fails past the gateway's request body limit and
+/// notes that it did, so that the visitor gets 413 rather than the tunnel's failure.
+pub(crate) struct Upload {
+    body: Incoming,
+    /// Bytes still allowed.
+    left: u64,
+    over: Rc<std::cell::Cell<bool>>,
+}
+
+impl Upload {
+    /// `body`, allowed `max` bytes; `over` is set if it brings more.
+    pub(crate) fn new(body: Incoming, max: u64, over: Rc<std::cell::Cell<bool>>) -> Self {
+        Self {
+            body,
+            left: max,
+            over,
+        }
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        let Some(Ok(frame)) = frame else {
+            return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        };
+        let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+        if len > self.left {
+            self.over.set(true);
+            return std::task::Poll::Ready(Some(Err("the request body is over the limit".into())));
+        }
+        self.left -= len;
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
 }

@@ -35,6 +35,9 @@ pub enum ProxyError {
     /// Downstream: the visitor tried something this gateway does not carry.
     #[error("capstan: {0}")]
     Unsupported(String),
+    /// Downstream: the request body is over the gateway's limit.
+    #[error("capstan: the request body is over the limit of {0} bytes")]
+    TooLarge(u64),
 }
 
 impl ProxyError {
@@ -46,6 +49,7 @@ impl ProxyError {
             Self::TunnelBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -67,9 +71,18 @@ impl ProxyError {
     /// The plain-text response a visitor sees.
     pub(crate) fn into_response(self) -> Response<GatewayBody> {
         let body = format!("{self}\n");
-        Response::builder()
+        let mut response = Response::builder()
             .status(self.status())
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+        if let Self::TunnelBusy { .. } = self {
+            // A busy tunnel frees up soon: ask well-behaved clients to come back.
+            response = response.header(header::RETRY_AFTER, "1");
+        }
+        if let Self::BadRequest(_) | Self::TooLarge(_) = self {
+            // What follows on the connection can no longer be trusted to be framed right.
+            response = response.header(header::CONNECTION, "close");
+        }
+        response
             .body(crate::body::full(Bytes::from(body)))
             .expect("a static status and header make a valid response")
     }

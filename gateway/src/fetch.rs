@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::{
-    check_final_status, full, BodySourceImpl, GatewayBody, ResponderImpl, StreamedHead,
+    check_final_status, full, BodySourceImpl, GatewayBody, ResponderImpl, StreamedHead, Upload,
 };
 use crate::error::ProxyError;
 use crate::registry::Tunnel;
@@ -43,10 +43,14 @@ pub(crate) async fn proxy(
     visitor: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, ProxyError> {
-    let scheme = state.public_scheme();
+    let max_body = state.options.max_request_body.unwrap_or(u64::MAX);
+    if request.body().size_hint().lower() > max_body {
+        return Err(ProxyError::TooLarge(max_body)); // Content-Length says so already.
+    }
     let permit = tunnel.admit()?;
     let (mut parts, body) = request.into_parts();
-    add_forwarded(&mut parts.headers, visitor, scheme);
+    let over = Rc::new(std::cell::Cell::new(false));
+    add_forwarded(state, &mut parts.headers, visitor);
     let path = parts
         .uri
         .path_and_query()
@@ -79,7 +83,8 @@ pub(crate) async fn proxy(
         match body {
             RequestBody::Inline(bytes) => wire.set_body(&bytes),
             RequestBody::Streamed(body) => {
-                params.set_body(BodySourceImpl::client(body, tunnel.limits.chunk));
+                let upload = Upload::new(body, max_body, over.clone());
+                params.set_body(BodySourceImpl::client(upload, tunnel.limits.chunk));
             }
         }
         params.set_responder(responder);
@@ -100,6 +105,9 @@ pub(crate) async fn proxy(
             Ok(streamed_response(state, head, Some(promise), permit))
         }
         result = &mut promise => {
+            if over.get() {
+                return Err(ProxyError::TooLarge(max_body));
+            }
             let answer = result.map_err(ProxyError::from_capnp)?;
             let answer = answer.get().map_err(ProxyError::bad_answer)?;
             if answer.has_response() {
@@ -154,22 +162,31 @@ fn streamed_response(
     response
 }
 
-/// Adds the visitor's address to `X-Forwarded-For` and sets `-Proto` and `-Host`, as
-/// reverse proxies do, so the origin can tell who asked and under what name.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, visitor: SocketAddr, scheme: &str) {
+/// Sets `X-Forwarded-For` to the visitor's address and `-Proto` and `-Host` to what the
+/// visitor asked for, as reverse proxies do, so the origin can tell who asked and under what
+/// name. What the visitor sent in them, and in `Forwarded`, is dropped: anyone could claim
+/// any address there. A gateway behind a proxy that sets them (`trust_forwarded`) appends.
+pub(crate) fn add_forwarded(state: &State, headers: &mut HeaderMap, visitor: SocketAddr) {
     let ip = visitor.ip().to_string();
-    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {ip}"),
-        None => ip,
+    let trusted = state.options.trust_forwarded;
+    let earlier = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let forwarded_for = match earlier {
+        Some(earlier) if trusted => format!("{earlier}, {ip}"),
+        _ => ip,
     };
+    if !trusted {
+        headers.remove(http::header::FORWARDED);
+    }
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);
     }
+    let scheme = state.public_scheme();
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_str(scheme).unwrap_or(HeaderValue::from_static("http")),
     );
-    if let Some(host) = headers.get(HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
+    match headers.get(HOST).cloned() {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
 }

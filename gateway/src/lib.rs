@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `listen`: accepts visitors, tunnel WebSockets and raw RPC; stops gracefully.
+//! - `limit`: open connections per IP address on both ports.
 //! - `route`: `Host` header to a tunnel, the connect endpoint, or 404.
 //! - `fetch`: one HTTP request as one `Fetcher.fetch` call.
 //! - `body`: the `Responder` and `BodySource` capabilities.
@@ -19,6 +20,7 @@
 mod body;
 mod error;
 mod fetch;
+mod limit;
 mod listen;
 mod registry;
 mod response;
@@ -70,6 +72,22 @@ pub struct GatewayOptions {
     /// The largest WebSocket message a visitor may send; a bigger one closes that socket
     /// with 1009. At most [`capstan::websocket::MAX_MESSAGE_LIMIT`].
     pub max_ws_message: usize,
+    /// How long a visitor has to send a whole request head, counted from when the gateway
+    /// starts waiting for it: the connection opening, or the previous response ending. So
+    /// it also closes idle keep-alive connections, and slowloris visitors.
+    pub header_timeout: Duration,
+    /// The largest request head a visitor may send, in bytes; a bigger one gets 431.
+    pub max_header_bytes: usize,
+    /// Most open connections from one IP address, on the public port and on the RPC port
+    /// each; more get 429 (or are closed, on the RPC port). 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// The largest request body a visitor may send, in bytes; a bigger one gets 413. `None`:
+    /// no limit.
+    pub max_request_body: Option<u64>,
+    /// Keep the `X-Forwarded-For` and `Forwarded` headers visitors send (append to them),
+    /// for a gateway behind a proxy that sets them. Off by default: a visitor could claim
+    /// any address.
+    pub trust_forwarded: bool,
 }
 
 impl Default for GatewayOptions {
@@ -86,6 +104,11 @@ impl Default for GatewayOptions {
             bare_to_single_tunnel: false,
             drain_timeout: Duration::from_secs(10),
             max_ws_message: capstan::websocket::DEFAULT_MAX_MESSAGE,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_connections_per_ip: 1024,
+            max_request_body: None,
+            trust_forwarded: false,
         }
     }
 }
@@ -107,6 +130,8 @@ pub(crate) struct State {
     /// Ends sessions and closes visitor sockets with 1001.
     pub(crate) stop_sessions: CancellationToken,
     pub(crate) counters: Counters,
+    /// Open connections per IP address, for `max_connections_per_ip`.
+    pub(crate) per_ip: RefCell<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 /// Live counts of a gateway's sockets, capabilities and connections. Cheap to clone and
@@ -179,6 +204,7 @@ impl Gateway {
                 finishing: TaskTracker::new(),
                 stop_sessions: CancellationToken::new(),
                 counters: Counters::default(),
+                per_ip: RefCell::default(),
             }),
             listener,
             rpc_listener: None,

@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::body::GatewayBody;
 use crate::error::ProxyError;
+use crate::limit::{self, IpSlot};
 use crate::route::{route, Route};
 use crate::{fetch, session, websocket, State};
 
@@ -32,9 +33,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// On shutdown, how long closing sockets and tunnel connections may take after the drain.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A visitor has this long to send its request head; stops idle sockets piling up.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) async fn serve(
     state: Rc<State>,
@@ -102,20 +100,40 @@ async fn accept_http(
                 continue;
             }
         };
+        let Some(slot) = IpSlot::take(state, peer.ip()) else {
+            limit::refuse_http(stream);
+            continue;
+        };
+        // Shared with the WebSockets and tunnel sessions upgraded from this connection,
+        // which outlive it.
+        let slot = Rc::new(slot);
         // Small requests and SSE events must leave at once, not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, peer, request).await) }
-        });
+        let options = &state.options;
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service)
+            .header_read_timeout(options.header_timeout)
+            .max_header_size(options.max_header_bytes)
+            .serve_connection(
+                TokioIo::new(stream),
+                service_fn({
+                    let (state, slot) = (state.clone(), slot.clone());
+                    move |request| {
+                        let visitor = Visitor {
+                            addr: peer,
+                            slot: slot.clone(),
+                        };
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(state, visitor, request).await) }
+                    }
+                }),
+            )
             .with_upgrades();
         let draining = draining.clone();
         connections.spawn_local(async move {
+            // Counts until the connection, upgraded or not, is gone.
+            let _slot = slot;
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -135,8 +153,11 @@ async fn accept_rpc(state: &Rc<State>, listener: &TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(slot) = IpSlot::take(state, peer.ip()) else {
+                    continue; // Dropped: closed at once.
+                };
                 let _ = stream.set_nodelay(true);
-                session::spawn(state, stream.compat(), peer.to_string());
+                session::spawn(state, stream.compat(), peer.to_string(), Rc::new(slot));
             }
             Err(err) => {
                 warn!(%err, "accept failed on the RPC listener");
@@ -146,32 +167,33 @@ async fn accept_rpc(state: &Rc<State>, listener: &TcpListener) {
     }
 }
 
+/// Who sent a request: its address, and its connection's count against that address,
+/// which an upgraded socket or tunnel session keeps.
+pub(crate) struct Visitor {
+    pub(crate) addr: SocketAddr,
+    pub(crate) slot: Rc<IpSlot>,
+}
+
 async fn handle(
     state: Rc<State>,
-    peer: SocketAddr,
+    visitor: Visitor,
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
-    // Two Host headers make routing ambiguous; RFC 9112 section 3.2 requires a 400.
-    if request
-        .headers()
-        .get_all(http::header::HOST)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        return ProxyError::BadRequest("more than one Host header".into()).into_response();
+    if let Err(err) = check_framing(&request) {
+        debug!(%err, "request refused");
+        return err.into_response();
     }
     let result = match route(&state, &request) {
-        Route::Connect => connect_tunnel(&state, peer, request),
+        Route::Connect => connect_tunnel(&state, visitor, request),
         Route::Tunnel(tunnel) => {
             if websocket::is_upgrade(&request) {
-                websocket::proxy(&state, tunnel, peer, request).await
+                websocket::proxy(&state, tunnel, visitor, request).await
             } else if request.headers().contains_key(UPGRADE) {
                 Err(ProxyError::Unsupported(
                     "only WebSocket upgrades are carried".into(),
                 ))
             } else {
-                fetch::proxy(&state, tunnel, peer, request).await
+                fetch::proxy(&state, tunnel, visitor.addr, request).await
             }
         }
         Route::Offline(name) => Err(ProxyError::TunnelOffline(name)),
@@ -183,12 +205,37 @@ async fn handle(
     })
 }
 
+/// Refuses requests whose routing or framing two parties could read differently: the
+/// root of request smuggling through a proxy.
+fn check_framing<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    // A gateway is no forward proxy: nothing tunnels through it to elsewhere.
+    if request.method() == http::Method::CONNECT {
+        return Err(ProxyError::Unsupported(
+            "CONNECT: this is not a proxy".into(),
+        ));
+    }
+    let headers = request.headers();
+    // Two Host headers make routing ambiguous; RFC 9112 section 3.2 requires a 400.
+    if headers.get_all(http::header::HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header".into()));
+    }
+    // Content-Length beside Transfer-Encoding never gets here: hyper drops it, frames the
+    // body by Transfer-Encoding and closes the connection after the answer (RFC 9112
+    // section 6.3), so no request can hide behind the body (tests/public_port.rs).
+    debug_assert!(
+        !(headers.contains_key(http::header::TRANSFER_ENCODING)
+            && headers.contains_key(http::header::CONTENT_LENGTH))
+    );
+    Ok(())
+}
+
 /// Completes a tunnel client's WebSocket handshake and starts its session.
 fn connect_tunnel(
     state: &Rc<State>,
-    peer: SocketAddr,
+    visitor: Visitor,
     mut request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, ProxyError> {
+    let Visitor { addr: peer, slot } = visitor;
     if !websocket::is_upgrade(&request) {
         return Err(ProxyError::BadRequest(
             "this is the tunnel endpoint; connect to it with a capstan client".into(),
@@ -201,19 +248,17 @@ fn connect_tunnel(
     state.sessions.spawn_local(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let config = WebSocketConfig::default()
-                    .max_message_size(Some(capstan::MAX_RPC_MESSAGE + 1024))
-                    .max_frame_size(Some(capstan::MAX_RPC_MESSAGE + 1024));
                 let socket = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(config),
+                    Some(capstan::transport::websocket_config()),
                 )
                 .await;
                 session::spawn(
                     &state2,
                     capstan::transport::WebSocketIo::new(socket),
                     peer.to_string(),
+                    slot,
                 );
             }
             Err(err) => debug!(%err, %peer, "tunnel upgrade failed"),

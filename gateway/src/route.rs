@@ -20,12 +20,16 @@ pub(crate) enum Route {
 }
 
 /// The host a request is for, lowercase, without port or trailing dot.
+///
+/// An absolute-form target (`GET http://host/x`) names it, whatever `Host` says (RFC 9112
+/// section 3.2.2): so a request for a foreign host is never routed to a tunnel by its
+/// `Host` header, and the gateway is no open proxy.
 pub(crate) fn host_of<B>(request: &Request<B>) -> String {
     let raw = request
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
     strip_port(raw).trim_end_matches('.').to_ascii_lowercase()
 }
@@ -69,6 +73,15 @@ mod tests {
 
     fn host(h: &str) -> String {
         host_of(&Request::get("/").header(HOST, h).body(()).unwrap())
+    }
+
+    #[test]
+    fn an_absolute_target_names_the_host_whatever_host_says() {
+        let request = Request::get("http://evil.example/x")
+            .header(HOST, "demo.localhost")
+            .body(())
+            .unwrap();
+        assert_eq!(host_of(&request), "evil.example");
     }
 
     #[test]

@@ -12,14 +12,16 @@ use futures::future::join_all;
 use subtle::ConstantTimeEq;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::limit::IpSlot;
 use crate::registry::{Refusal, Tunnel};
 use crate::State;
 
 /// Names one tunnel connection may register.
 const MAX_NAMES_PER_CONNECTION: usize = 16;
 
-/// Starts a session task over `io`, owned by the gateway's session tracker.
-pub(crate) fn spawn<T>(state: &Rc<State>, io: T, peer: String)
+/// Starts a session task over `io`, owned by the gateway's session tracker. `slot` counts
+/// the connection against its peer's address until the session ends.
+pub(crate) fn spawn<T>(state: &Rc<State>, io: T, peer: String, slot: Rc<IpSlot>)
 where
     T: futures::AsyncRead + futures::AsyncWrite + Unpin + 'static,
 {
@@ -30,7 +32,7 @@ where
     state.sessions.spawn_local(
         async move {
             run(state2, io, id).await;
-            drop(live);
+            drop((live, slot));
         }
         .instrument(span),
     );

@@ -1,7 +1,6 @@
 //! One visitor WebSocket: `connectWebSocket` before the upgrade, then one pump each way.
 
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -28,6 +27,8 @@ use tracing::debug;
 use crate::body::{full, GatewayBody};
 use crate::error::ProxyError;
 use crate::fetch::add_forwarded;
+use crate::limit::IpSlot;
+use crate::listen::Visitor;
 use crate::registry::Tunnel;
 use crate::State;
 
@@ -92,15 +93,19 @@ pub(crate) fn switching_protocols(
 pub(crate) async fn proxy(
     state: &Rc<State>,
     tunnel: Rc<Tunnel>,
-    visitor: SocketAddr,
+    visitor: Visitor,
     mut request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, ProxyError> {
+    let Visitor {
+        addr: visitor,
+        slot,
+    } = visitor;
     let key = handshake_key(&request)?;
     // The handshake counts as an in-flight request; the open socket does not.
     let permit = tunnel.admit()?;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (mut parts, _) = request.into_parts();
-    add_forwarded(&mut parts.headers, visitor, state.public_scheme());
+    add_forwarded(state, &mut parts.headers, visitor);
     for name in ws::PER_HOP_HEADERS {
         parts.headers.remove(name);
     }
@@ -150,6 +155,7 @@ pub(crate) async fn proxy(
         local,
         outbound,
         max_message,
+        _slot: slot,
         stop: state.stop_sessions.clone(),
         _live: state.counters.websockets.guard(),
     };
@@ -271,6 +277,8 @@ struct Pump {
     local: web_socket_handle::Client,
     outbound: Queue,
     max_message: usize,
+    /// The visitor's connection still counts against its address.
+    _slot: Rc<IpSlot>,
     stop: CancellationToken,
     _live: GaugeGuard,
 }
@@ -283,6 +291,7 @@ impl Pump {
             max_message,
             stop,
             _live,
+            _slot,
         } = self;
         let origin = OriginEnd::new(local);
         let upgraded = match on_upgrade.await {
