@@ -148,6 +148,25 @@ pub struct Counters {
 }
 
 impl State {
+    /// A gateway's state, before it serves; `addr` is its public listener's.
+    pub(crate) fn new(options: GatewayOptions, addr: SocketAddr) -> Self {
+        let (public_scheme, public_host) = public_base(&options, addr);
+        let registry = registry::Registry::new(options.grace, options.max_inflight_per_tunnel);
+        Self {
+            options,
+            registry: RefCell::new(registry),
+            public_scheme,
+            public_host,
+            next_session: Cell::new(1),
+            sessions: TaskTracker::new(),
+            sockets: TaskTracker::new(),
+            finishing: TaskTracker::new(),
+            stop_sessions: CancellationToken::new(),
+            counters: Counters::default(),
+            per_ip: RefCell::default(),
+        }
+    }
+
     /// The public URL of tunnel `name`.
     pub(crate) fn url_for(&self, name: &str) -> String {
         format!("{}://{name}.{}", self.public_scheme, self.public_host)
@@ -190,22 +209,8 @@ impl Gateway {
             ));
         }
         let addr = listener.local_addr()?;
-        let (public_scheme, public_host) = public_base(&options, addr);
-        let registry = registry::Registry::new(options.grace, options.max_inflight_per_tunnel);
         Ok(Self {
-            state: Rc::new(State {
-                options,
-                registry: RefCell::new(registry),
-                public_scheme,
-                public_host,
-                next_session: Cell::new(1),
-                sessions: TaskTracker::new(),
-                sockets: TaskTracker::new(),
-                finishing: TaskTracker::new(),
-                stop_sessions: CancellationToken::new(),
-                counters: Counters::default(),
-                per_ip: RefCell::default(),
-            }),
+            state: Rc::new(State::new(options, addr)),
             listener,
             rpc_listener: None,
         })

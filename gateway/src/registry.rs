@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that tests can run the grace period on paused time.
+use tokio::time::Instant;
 
 use capstan::capstan_capnp::fetcher;
 use capstan::limits::Limits;

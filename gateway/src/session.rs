@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Instant;
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capstan::capstan_capnp::{gateway, register_result, registration, RegisterError};
@@ -117,7 +116,7 @@ where
 /// registered in time.
 async fn heartbeat(session: &Session) -> String {
     let options = &session.state.options;
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(options.heartbeat_interval).await;
         let fetchers: Vec<_> = session
@@ -276,3 +275,6 @@ impl registration::Server for RegistrationImpl {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
