@@ -23,8 +23,10 @@ fn state() -> Rc<State> {
 
 fn with_tokens(tokens: &[&str]) -> Rc<State> {
     let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-    let mut options = GatewayOptions::default();
-    options.tokens = tokens.iter().map(|t| t.to_string()).collect();
+    let options = GatewayOptions {
+        tokens: tokens.iter().map(|t| t.to_string()).collect(),
+        ..GatewayOptions::default()
+    };
     Rc::new(State::new(options, addr))
 }
 
