@@ -8,6 +8,7 @@
 //! - [`gauge`]: counts of live sockets, tasks and capabilities.
 //! - [`headers`]: HTTP header lists on the wire, minus hop-by-hop headers.
 //! - [`limits`]: the size limits both ends declare, and the ones they agree on.
+//! - [`local`]: a thread with a `LocalSet`, for the gateway's and the tunnel's threads.
 //! - [`name`]: tunnel names (DNS labels) and random ones.
 //! - [`websocket`]: WebSocket messages, close codes and limits on the wire.
 //!
@@ -19,6 +20,7 @@ pub mod coalesce;
 pub mod gauge;
 pub mod headers;
 pub mod limits;
+pub mod local;
 pub mod name;
 pub mod transport;
 pub mod websocket;
@@ -51,6 +53,10 @@ pub const MAX_CHUNK: usize = 64 * 1024;
 /// sender caps what it puts in one message well below this: bodies travel in chunks of
 /// at most [`MAX_CHUNK`].
 pub const MAX_RPC_MESSAGE: usize = 32 * 1024 * 1024;
+
+/// Most `fetch` calls in flight per tunnel before the gateway answers 503: capnp-rpc
+/// queues ordinary calls without limit, so the gateway bounds them itself.
+pub const DEFAULT_MAX_INFLIGHT: usize = 512;
 
 /// Bytes of `-> stream` calls in flight per capability before the caller waits.
 ///

@@ -87,7 +87,7 @@ struct GatewayArgs {
     #[arg(long)]
     public_url: Option<String>,
     /// Most requests in flight per tunnel; more get 503.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = capstan::DEFAULT_MAX_INFLIGHT)]
     max_inflight: usize,
     /// The largest WebSocket message a visitor may send, in bytes; a bigger one closes
     /// that socket with 1009.
@@ -100,10 +100,10 @@ struct GatewayArgs {
     #[arg(long, default_value = "10s", value_parser = duration)]
     header_timeout: Duration,
     /// The largest request head, in bytes; a bigger one gets 431.
-    #[arg(long, default_value_t = 32 * 1024)]
+    #[arg(long, default_value_t = GatewayOptions::default().max_header_bytes)]
     max_header_bytes: usize,
     /// Most open connections from one IP address, per port; more get 429. 0: no limit.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = GatewayOptions::default().max_connections_per_ip)]
     max_conns_per_ip: usize,
     /// The largest request body, in bytes; a bigger one gets 413. No limit by default.
     #[arg(long)]

@@ -1,8 +1,6 @@
 //! A tunnel on a thread of its own, for multi-threaded programs and tests.
 
-use std::thread::JoinHandle;
-
-use tokio::sync::oneshot;
+use capstan::local::{LocalThread, LocalThreadError};
 
 use crate::{ClientOptions, ConnectError, Counters, Origin, Tunnel};
 
@@ -14,8 +12,7 @@ pub struct TunnelThread {
     name: String,
     registrations: tokio::sync::watch::Receiver<u64>,
     counters: Counters,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<Result<(), ConnectError>>>,
+    thread: LocalThread<Result<(), ConnectError>>,
 }
 
 impl TunnelThread {
@@ -28,35 +25,26 @@ impl TunnelThread {
         F: FnOnce() -> O + Send + 'static,
     {
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("capstan-tunnel".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, async move {
-                    let tunnel = match Tunnel::connect(options, make_origin()).await {
-                        Ok(tunnel) => tunnel,
-                        Err(err) => {
-                            let _ = ready_tx.send(Err(err)); // Reported through `spawn`.
-                            return Ok(());
-                        }
-                    };
-                    let _ = ready_tx.send(Ok((
-                        tunnel.url().to_owned(),
-                        tunnel.name().to_owned(),
-                        tunnel.registrations(),
-                        tunnel.counters(),
-                    )));
-                    tunnel
-                        .run(async {
-                            let _ = stopped.await; // A dropped sender also means stop.
-                        })
-                        .await
+        let thread = LocalThread::spawn("capstan-tunnel", move |stopped| async move {
+            let tunnel = match Tunnel::connect(options, make_origin()).await {
+                Ok(tunnel) => tunnel,
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err)); // Reported through `spawn`.
+                    return Ok(());
+                }
+            };
+            let _ = ready_tx.send(Ok((
+                tunnel.url().to_owned(),
+                tunnel.name().to_owned(),
+                tunnel.registrations(),
+                tunnel.counters(),
+            )));
+            tunnel
+                .run(async {
+                    let _ = stopped.await; // A dropped sender also means stop.
                 })
-            })?;
+                .await
+        })?;
         let (url, name, registrations, counters) = ready_rx
             .recv()
             .map_err(|_| std::io::Error::other("the tunnel thread died before registering"))??;
@@ -65,8 +53,7 @@ impl TunnelThread {
             name,
             registrations,
             counters,
-            stop: Some(stop),
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -92,23 +79,10 @@ impl TunnelThread {
 
     /// Shuts the tunnel down gracefully and waits for its thread.
     pub fn shutdown(mut self) -> Result<(), ConnectError> {
-        self.stop_and_join()
-    }
-
-    fn stop_and_join(&mut self) -> Result<(), ConnectError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(()); // The tunnel may have ended on its own.
+        match self.thread.stop_and_join() {
+            Ok(result) => result.unwrap_or(Ok(())),
+            Err(LocalThreadError::Runtime(err)) => Err(err.into()),
+            Err(err @ LocalThreadError::Panicked) => Err(std::io::Error::other(err).into()),
         }
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(std::io::Error::other("the tunnel thread panicked").into()),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for TunnelThread {
-    fn drop(&mut self) {
-        let _ = self.stop_and_join();
     }
 }

@@ -96,7 +96,7 @@ impl Default for GatewayOptions {
             domain: "localhost".into(),
             public_url: None,
             tokens: Vec::new(),
-            max_inflight_per_tunnel: 512,
+            max_inflight_per_tunnel: capstan::DEFAULT_MAX_INFLIGHT,
             grace: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(2),
             heartbeat_timeout: Duration::from_secs(5),

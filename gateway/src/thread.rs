@@ -2,9 +2,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
 
-use tokio::sync::oneshot;
+use capstan::local::{LocalThread, LocalThreadError};
 
 use crate::{Counters, Gateway, GatewayOptions};
 
@@ -15,8 +14,7 @@ pub struct GatewayThread {
     addr: SocketAddr,
     rpc_addr: Option<SocketAddr>,
     counters: Counters,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: LocalThread<io::Result<()>>,
 }
 
 impl GatewayThread {
@@ -32,40 +30,30 @@ impl GatewayThread {
         if let Some(l) = &rpc_listener {
             l.set_nonblocking(true)?;
         }
-        let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("capstan-gateway".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, async move {
-                    let built = (|| {
-                        let mut gateway =
-                            Gateway::new(options, tokio::net::TcpListener::from_std(listener)?)?;
-                        if let Some(l) = rpc_listener {
-                            gateway =
-                                gateway.with_rpc_listener(tokio::net::TcpListener::from_std(l)?);
-                        }
-                        Ok::<_, io::Error>(gateway)
-                    })();
-                    let gateway = match built {
-                        Ok(gateway) => gateway,
-                        Err(err) => {
-                            let _ = ready_tx.send(Err(err)); // Reported through `spawn`.
-                            return Ok(());
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(gateway.counters()));
-                    gateway
-                        .serve(async {
-                            let _ = stopped.await; // A dropped sender also means stop.
-                        })
-                        .await
+        let thread = LocalThread::spawn("capstan-gateway", move |stopped| async move {
+            let built = (|| {
+                let mut gateway =
+                    Gateway::new(options, tokio::net::TcpListener::from_std(listener)?)?;
+                if let Some(l) = rpc_listener {
+                    gateway = gateway.with_rpc_listener(tokio::net::TcpListener::from_std(l)?);
+                }
+                Ok::<_, io::Error>(gateway)
+            })();
+            let gateway = match built {
+                Ok(gateway) => gateway,
+                Err(err) => {
+                    let _ = ready_tx.send(Err(err)); // Reported through `spawn`.
+                    return Ok(());
+                }
+            };
+            let _ = ready_tx.send(Ok(gateway.counters()));
+            gateway
+                .serve(async {
+                    let _ = stopped.await; // A dropped sender also means stop.
                 })
-            })?;
+                .await
+        })?;
         let counters = ready_rx
             .recv()
             .map_err(|_| io::Error::other("the gateway thread died while starting"))??;
@@ -73,8 +61,7 @@ impl GatewayThread {
             addr,
             rpc_addr,
             counters,
-            stop: Some(stop),
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -95,23 +82,10 @@ impl GatewayThread {
 
     /// Stops the gateway gracefully and waits for its thread.
     pub fn shutdown(mut self) -> io::Result<()> {
-        self.stop_and_join()
-    }
-
-    fn stop_and_join(&mut self) -> io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(()); // The gateway may have stopped on its own.
+        match self.thread.stop_and_join() {
+            Ok(result) => result.unwrap_or(Ok(())),
+            Err(LocalThreadError::Runtime(err)) => Err(err),
+            Err(err @ LocalThreadError::Panicked) => Err(io::Error::other(err)),
         }
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the gateway thread panicked")),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for GatewayThread {
-    fn drop(&mut self) {
-        let _ = self.stop_and_join();
     }
 }
