@@ -234,13 +234,18 @@ async fn each_end_learns_the_others_limits_at_registration() {
 }
 
 /// Echoes at the edge of the smaller of `gateway_cap` and `tunnel_cap`, both ways, through
-/// the Rust tunnel.
-async fn agreed_edges(gateway_cap: usize, tunnel_cap: usize) {
+/// the Rust tunnel over raw TCP (`tcp`) or the WebSocket transport.
+async fn agreed_edges(gateway_cap: usize, tunnel_cap: usize, tcp: bool) {
     let origin = WsOrigin::start().await;
     let mut options = fast_gateway_options();
     options.max_ws_message = gateway_cap;
     let gateway = TestGateway::with_options(options);
-    let mut client = client_options(&gateway.url()).name("ws");
+    let address = if tcp {
+        gateway.rpc_url()
+    } else {
+        gateway.url()
+    };
+    let mut client = client_options(&address).name("ws");
     client.max_ws_message = tunnel_cap;
     let addr = origin.addr;
     let _tunnel = TunnelThread::spawn(client, move || LocalPort::new(addr.to_string())).unwrap();
@@ -268,12 +273,14 @@ async fn agreed_edges(gateway_cap: usize, tunnel_cap: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_with_the_smaller_cap_sets_it_for_both_ends() {
-    agreed_edges(2 * MIB, MIB).await;
+    agreed_edges(2 * MIB, MIB, false).await;
+    agreed_edges(2 * MIB, MIB, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_with_the_smaller_cap_sets_it_for_both_ends() {
-    agreed_edges(MIB, 2 * MIB).await;
+    agreed_edges(MIB, 2 * MIB, false).await;
+    agreed_edges(MIB, 2 * MIB, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

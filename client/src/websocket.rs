@@ -172,3 +172,54 @@ async fn close_origin(sink: &Sink, code: u16, reason: &str) {
     let frame = ws::to_frame(code, reason);
     let _ = sink.lock().await.send(Message::Close(frame)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// The visitor's end as a gateway that ignores limits would hold it: records closes.
+    struct Public(tokio::sync::mpsc::Sender<u16>);
+
+    impl web_socket_handle::Server for Public {
+        async fn close(
+            self: Rc<Self>,
+            params: web_socket_handle::CloseParams,
+            _: web_socket_handle::CloseResults,
+        ) -> Result<(), capnp::Error> {
+            let _ = self.0.send(params.get()?.get_code()).await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_message_over_the_cap_from_the_gateway_is_refused_with_1009_both_ways() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (ours, theirs) = tokio::io::duplex(64 * 1024);
+                let io: Box<dyn crate::origin::OriginIo> = Box::new(ours);
+                let socket = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
+                let mut origin = WebSocketStream::from_raw_socket(theirs, Role::Server, None).await;
+                let (closes, mut closed) = tokio::sync::mpsc::channel(4);
+                let public: web_socket_handle::Client = capnp_rpc::new_client(Public(closes));
+                let handle = open(socket, public, 100, &Counters::default());
+
+                let at_cap = Message::binary(vec![1u8; 100]);
+                ws::send(&handle, &at_cap).await.unwrap();
+                assert_eq!(origin.next().await.unwrap().unwrap(), at_cap);
+
+                let over = ws::send(&handle, &Message::binary(vec![2u8; 101])).await;
+                assert!(over.unwrap_err().extra.contains("message too big"));
+                assert_eq!(closed.recv().await, Some(TOO_BIG), "the gateway is told");
+                match origin.next().await {
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        assert_eq!(u16::from(frame.code), TOO_BIG)
+                    }
+                    other => panic!("the origin must get 1009, got {other:?}"),
+                }
+            })
+            .await;
+    }
+}
