@@ -329,3 +329,19 @@ async fn the_gateway_sends_uploads_within_the_tunnels_chunk_limit() {
         assert_eq!((status, body), (StatusCode::OK, Bytes::from(how)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_that_sends_a_message_over_the_cap_before_reading_still_gets_its_1009() {
+    let origin = WsOrigin::start().await;
+    let (gateway, _tunnel) = common::ws::setup_with(fast_gateway_options(), &origin);
+    let (mut socket, _) = open(&gateway, "ws", "/echo", &[]).await.unwrap();
+    // Far more than the socket buffers hold: the gateway refuses it after the first
+    // frame header, while the visitor is still writing. The write must complete, not be
+    // reset, and the close frame must be there to read.
+    let over = capstan::websocket::DEFAULT_MAX_MESSAGE + 1;
+    socket
+        .send(Message::binary(pattern(0, over)))
+        .await
+        .unwrap();
+    assert_eq!(close_of(&mut socket).await.0, 1009);
+}

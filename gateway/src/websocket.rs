@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -308,17 +309,48 @@ impl Pump {
             Some(ws::config(max_message)),
         )
         .await;
-        let (sink, stream) = socket.split();
+        let (mut sink, mut stream) = socket.split();
         // Lets the inbound pump ask the outbound one to close the visitor's socket.
         let (closing_tx, closing_rx) = oneshot::channel::<Closing>();
-        let inbound = inbound(stream, &origin, closing_tx);
-        let outbound = outbound_pump(sink, outbound, closing_rx, &stop, &origin);
-        tokio::pin!(inbound, outbound);
-        tokio::select! {
-            () = &mut inbound => { let _ = tokio::time::timeout(CLOSE_GRACE, outbound).await; }
-            () = &mut outbound => { let _ = tokio::time::timeout(CLOSE_GRACE, inbound).await; }
+        let over_cap = {
+            let inbound = inbound(&mut stream, &origin, closing_tx);
+            let outbound = outbound_pump(&mut sink, outbound, closing_rx, &stop, &origin);
+            tokio::pin!(inbound, outbound);
+            tokio::select! {
+                over_cap = &mut inbound => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, outbound).await;
+                    over_cap
+                }
+                () = &mut outbound => {
+                    tokio::time::timeout(CLOSE_GRACE, inbound).await.unwrap_or(false)
+                }
+            }
+        };
+        if over_cap {
+            if let Ok(socket) = sink.reunite(stream) {
+                linger(socket, max_message).await;
+            }
         }
     }
+}
+
+/// After refusing a message over the cap, reads and drops what the visitor still sends of
+/// it, until the visitor closes or for a short while: closing a socket with unread bytes
+/// resets it, and a visitor that was still sending would lose the 1009 close frame.
+async fn linger(mut socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, budget: usize) {
+    let io = socket.get_mut();
+    let _ = io.shutdown().await;
+    let mut buf = vec![0u8; 16 * 1024];
+    let drain = async {
+        let mut left = budget;
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
 }
 
 /// The origin's end, as the gateway holds it: tells the tunnel of a close at most once.
@@ -346,14 +378,20 @@ impl OriginEnd {
 type VisitorSink = SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
 type VisitorStream = SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
 
-/// Visitor to origin: each message becomes one `send` on the origin's end.
-async fn inbound(mut stream: VisitorStream, origin: &OriginEnd, closing: oneshot::Sender<Closing>) {
+/// Visitor to origin: each message becomes one `send` on the origin's end. True when it
+/// ended on a message over the cap.
+async fn inbound(
+    stream: &mut VisitorStream,
+    origin: &OriginEnd,
+    closing: oneshot::Sender<Closing>,
+) -> bool {
+    let mut over_cap = false;
     let (code, reason) = loop {
         match stream.next().await {
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                 if ws::send(&origin.local, &message).await.is_err() {
                     let _ = closing.send(Closing::Close(GOING_AWAY, "the tunnel went away"));
-                    return;
+                    return false;
                 }
             }
             // Ping and pong are per hop; tungstenite answers pings itself.
@@ -366,17 +404,19 @@ async fn inbound(mut stream: VisitorStream, origin: &OriginEnd, closing: oneshot
             Some(Err(WsError::Capacity(err))) => {
                 debug!(%err, "visitor message over the cap");
                 let _ = closing.send(Closing::Close(TOO_BIG, "message too big"));
+                over_cap = true;
                 break (TOO_BIG, "message too big".to_owned());
             }
             Some(Err(_)) | None => break (GOING_AWAY, "visitor connection lost".to_owned()),
         }
     };
     origin.close(code, &reason).await;
+    over_cap
 }
 
 /// Origin to visitor: writes what the tunnel's `send` calls queued, and every close.
 async fn outbound_pump(
-    mut sink: VisitorSink,
+    sink: &mut VisitorSink,
     mut queue: Queue,
     closing: oneshot::Receiver<Closing>,
     stop: &CancellationToken,
