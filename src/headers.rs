@@ -21,16 +21,18 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// True when `name` belongs to one hop only: the fixed list, `upgrade`, or a name the
-/// message's own `Connection` header lists.
+/// message's own `Connection` header lists (except `host`, which routes the message and
+/// so is never one hop's).
 pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
         || name == header::UPGRADE
-        || headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        || name != header::HOST
+            && headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
 /// Writes the end-to-end headers of `headers`, plus `extra`, into a new list in `list`.

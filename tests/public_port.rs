@@ -261,3 +261,42 @@ async fn smuggling_shapes_and_foreign_hosts_are_refused() {
     assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
     drop(origin);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_cannot_strip_the_forwarding_headers_or_keep_a_foreign_host() {
+    let (gateway, _origin, _tunnel) = demo(fast_gateway_options()).await;
+    let port = gateway.addr().port();
+    let seen = |answer: String| -> Vec<String> {
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        let mut lines: Vec<String> = body
+            .lines()
+            .filter(|l| l.starts_with("x-forwarded-") || l.starts_with("host:"))
+            .map(|l| l.replace(&port.to_string(), "PORT"))
+            .collect();
+        lines.sort();
+        lines
+    };
+    let expected = [
+        "host: demo.localhost:PORT",
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-host: demo.localhost:PORT",
+        "x-forwarded-proto: http",
+    ];
+    // Naming them in Connection would make them hop-by-hop, and stripped.
+    let stripping = format!(
+        "GET /echo HTTP/1.1\r\nhost: demo.localhost:{port}\r\n\
+         connection: close, x-forwarded-for, x-forwarded-host, x-forwarded-proto, host\r\n\r\n"
+    );
+    assert_eq!(
+        seen(raw(gateway.addr(), stripping.as_bytes()).await),
+        expected
+    );
+    // An absolute-form target's host is the one the origin sees.
+    let absolute = format!(
+        "GET http://demo.localhost:{port}/echo HTTP/1.1\r\nhost: other.example\r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(
+        seen(raw(gateway.addr(), absolute.as_bytes()).await),
+        expected
+    );
+}

@@ -53,7 +53,9 @@ pub struct Counters {
 }
 
 /// How a tunnel connects. `ClientOptions::new(gateway)` gives the defaults.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` never shows the token.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ClientOptions {
     /// The gateway: `http://HOST:PORT` (WebSocket on the public port) or `tcp://HOST:PORT`
@@ -74,6 +76,32 @@ pub struct ClientOptions {
     /// The largest WebSocket message the origin may send; a bigger one closes that
     /// socket with 1009.
     pub max_ws_message: usize,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            gateway,
+            name,
+            token,
+            heartbeat_interval,
+            heartbeat_timeout,
+            max_backoff,
+            drain_timeout,
+            max_ws_message,
+        } = self;
+        let token = if token.is_empty() { "" } else { "<hidden>" };
+        f.debug_struct("ClientOptions")
+            .field("gateway", gateway)
+            .field("name", name)
+            .field("token", &token)
+            .field("heartbeat_interval", heartbeat_interval)
+            .field("heartbeat_timeout", heartbeat_timeout)
+            .field("max_backoff", max_backoff)
+            .field("drain_timeout", drain_timeout)
+            .field("max_ws_message", max_ws_message)
+            .finish()
+    }
 }
 
 impl ClientOptions {
@@ -101,5 +129,16 @@ impl ClientOptions {
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = token.into();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientOptions;
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let shown = format!("{:?}", ClientOptions::new("http://g").token("s3cret-token"));
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

@@ -50,7 +50,7 @@ pub(crate) async fn proxy(
     let permit = tunnel.admit()?;
     let (mut parts, body) = request.into_parts();
     let over = Rc::new(std::cell::Cell::new(false));
-    add_forwarded(state, &mut parts.headers, visitor);
+    let forwarded = forwarding(state, &mut parts.headers, &parts.uri, visitor);
     let path = parts
         .uri
         .path_and_query()
@@ -79,7 +79,9 @@ pub(crate) async fn proxy(
         let mut wire = params.reborrow().init_request();
         wire.set_method(parts.method.as_str());
         wire.set_path(path.as_bytes());
-        capstan::headers::write(&parts.headers, &[], |n| wire.reborrow().init_headers(n));
+        write_headers(&parts.headers, &forwarded, |n| {
+            wire.reborrow().init_headers(n)
+        });
         match body {
             RequestBody::Inline(bytes) => wire.set_body(&bytes),
             RequestBody::Streamed(body) => {
@@ -162,11 +164,28 @@ fn streamed_response(
     response
 }
 
-/// Sets `X-Forwarded-For` to the visitor's address and `-Proto` and `-Host` to what the
-/// visitor asked for, as reverse proxies do, so the origin can tell who asked and under what
-/// name. What the visitor sent in them, and in `Forwarded`, is dropped: anyone could claim
-/// any address there. A gateway behind a proxy that sets them (`trust_forwarded`) appends.
-pub(crate) fn add_forwarded(state: &State, headers: &mut HeaderMap, visitor: SocketAddr) {
+/// The forwarding headers for a request from `visitor`, as reverse proxies set them, so
+/// that the origin can tell who asked and under what name: `X-Forwarded-For` is the
+/// visitor's address, `-Proto` and `-Host` what it asked for.
+///
+/// They are taken out of `headers` and returned, to be written after the end-to-end
+/// headers: a visitor that names them in `Connection` cannot strip them. What the visitor
+/// sent in them, and in `Forwarded`, is dropped, since anyone could claim any address; a
+/// gateway behind a proxy that sets them (`trust_forwarded`) appends instead. An
+/// absolute-form target's host replaces `Host` (RFC 9112 section 3.2.2), as it routed
+/// the request.
+pub(crate) fn forwarding(
+    state: &State,
+    headers: &mut HeaderMap,
+    uri: &http::Uri,
+    visitor: SocketAddr,
+) -> Vec<(&'static str, HeaderValue)> {
+    if let Some(host) = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        headers.insert(HOST, host);
+    }
     let ip = visitor.ip().to_string();
     let trusted = state.options.trust_forwarded;
     let earlier = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
@@ -177,16 +196,28 @@ pub(crate) fn add_forwarded(state: &State, headers: &mut HeaderMap, visitor: Soc
     if !trusted {
         headers.remove(http::header::FORWARDED);
     }
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
+    for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
+        headers.remove(name);
     }
-    let scheme = state.public_scheme();
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_str(scheme).unwrap_or(HeaderValue::from_static("http")),
-    );
-    match headers.get(HOST).cloned() {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
+    let mut set = Vec::with_capacity(3);
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        set.push((X_FORWARDED_FOR, value));
+    }
+    if let Ok(value) = HeaderValue::from_str(state.public_scheme()) {
+        set.push((X_FORWARDED_PROTO, value));
+    }
+    if let Some(host) = headers.get(HOST) {
+        set.push((X_FORWARDED_HOST, host.clone()));
+    }
+    set
+}
+
+/// Writes `headers` and then `forwarded` (see [`forwarding`]) into a request's list.
+pub(crate) fn write_headers<'b>(
+    headers: &HeaderMap,
+    forwarded: &[(&'static str, HeaderValue)],
+    init: impl FnOnce(u32) -> capnp::struct_list::Builder<'b, capstan::capstan_capnp::header::Owned>,
+) {
+    let extra: Vec<(&str, &[u8])> = forwarded.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    capstan::headers::write(headers, &extra, init);
 }

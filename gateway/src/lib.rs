@@ -44,7 +44,9 @@ pub use error::ProxyError;
 pub use thread::GatewayThread;
 
 /// How a gateway behaves. Build it with `GatewayOptions::default()` and set fields.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows how many tokens there are, never the tokens.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct GatewayOptions {
     /// Tunnels are served at `{name}.{domain}`.
@@ -110,6 +112,47 @@ impl Default for GatewayOptions {
             max_request_body: None,
             trust_forwarded: false,
         }
+    }
+}
+
+impl std::fmt::Debug for GatewayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            domain,
+            public_url,
+            tokens,
+            max_inflight_per_tunnel,
+            grace,
+            heartbeat_interval,
+            heartbeat_timeout,
+            register_timeout,
+            bare_to_single_tunnel,
+            drain_timeout,
+            max_ws_message,
+            header_timeout,
+            max_header_bytes,
+            max_connections_per_ip,
+            max_request_body,
+            trust_forwarded,
+        } = self;
+        f.debug_struct("GatewayOptions")
+            .field("domain", domain)
+            .field("public_url", public_url)
+            .field("tokens", &format_args!("<{} hidden>", tokens.len()))
+            .field("max_inflight_per_tunnel", max_inflight_per_tunnel)
+            .field("grace", grace)
+            .field("heartbeat_interval", heartbeat_interval)
+            .field("heartbeat_timeout", heartbeat_timeout)
+            .field("register_timeout", register_timeout)
+            .field("bare_to_single_tunnel", bare_to_single_tunnel)
+            .field("drain_timeout", drain_timeout)
+            .field("max_ws_message", max_ws_message)
+            .field("header_timeout", header_timeout)
+            .field("max_header_bytes", max_header_bytes)
+            .field("max_connections_per_ip", max_connections_per_ip)
+            .field("max_request_body", max_request_body)
+            .field("trust_forwarded", trust_forwarded)
+            .finish()
     }
 }
 
@@ -258,4 +301,18 @@ fn public_base(options: &GatewayOptions, addr: SocketAddr) -> (String, String) {
         port => format!("{}:{port}", options.domain),
     };
     ("http".into(), host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GatewayOptions;
+
+    #[test]
+    fn debug_output_never_shows_a_token() {
+        let mut options = GatewayOptions::default();
+        options.tokens = vec!["s3cret-token".into()];
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<1 hidden>"), "{shown}");
+    }
 }

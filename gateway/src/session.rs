@@ -8,11 +8,10 @@ use capstan::capstan_capnp::{gateway, register_result, registration, RegisterErr
 use capstan::limits::Limits;
 use capstan::{name, transport};
 use futures::future::join_all;
-use subtle::ConstantTimeEq;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::limit::IpSlot;
-use crate::registry::{Refusal, Tunnel};
+use crate::registry::{same_token, Refusal, Tunnel};
 use crate::State;
 
 /// Names one tunnel connection may register.
@@ -164,11 +163,7 @@ impl GatewayImpl {
     ) -> Result<(Rc<Tunnel>, String), Refused> {
         let state = &self.session.state;
         let tokens = &state.options.tokens;
-        if !tokens.is_empty()
-            && !tokens
-                .iter()
-                .any(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes())))
-        {
+        if !tokens.is_empty() && !tokens.iter().any(|t| same_token(t, token)) {
             return Err(Refused(
                 RegisterError::Unauthorized,
                 "the gateway refused the token: it is missing or wrong".into(),

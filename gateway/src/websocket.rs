@@ -27,7 +27,7 @@ use tracing::debug;
 
 use crate::body::{full, GatewayBody};
 use crate::error::ProxyError;
-use crate::fetch::add_forwarded;
+use crate::fetch::{forwarding, write_headers};
 use crate::limit::IpSlot;
 use crate::listen::Visitor;
 use crate::registry::Tunnel;
@@ -106,7 +106,7 @@ pub(crate) async fn proxy(
     let permit = tunnel.admit()?;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (mut parts, _) = request.into_parts();
-    add_forwarded(state, &mut parts.headers, visitor);
+    let forwarded = forwarding(state, &mut parts.headers, &parts.uri, visitor);
     for name in ws::PER_HOP_HEADERS {
         parts.headers.remove(name);
     }
@@ -120,7 +120,9 @@ pub(crate) async fn proxy(
         wire.set_method(parts.method.as_str());
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         wire.set_path(path.as_bytes());
-        capstan::headers::write(&parts.headers, &[], |n| wire.reborrow().init_headers(n));
+        write_headers(&parts.headers, &forwarded, |n| {
+            wire.reborrow().init_headers(n)
+        });
         params.set_public_socket(public);
     }
     let answer = call.send().promise.await.map_err(ProxyError::from_capnp)?;
