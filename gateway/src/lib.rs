@@ -309,8 +309,10 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_a_token() {
-        let mut options = GatewayOptions::default();
-        options.tokens = vec!["s3cret-token".into()];
+        let options = GatewayOptions {
+            tokens: vec!["s3cret-token".into()],
+            ..GatewayOptions::default()
+        };
         let shown = format!("{options:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("<1 hidden>"), "{shown}");
