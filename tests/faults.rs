@@ -144,19 +144,21 @@ async fn garbage_on_tunnel_endpoints_closes_only_that_connection() {
     // Returning at all (EOF or reset) means the gateway closed the socket.
     let _ = within("rpc garbage close", raw.read_to_end(&mut sink)).await;
 
-    // WebSocket endpoint: a text message, then binary garbage.
+    // WebSocket endpoint: binary garbage, or a text message (the stream is binary only).
+    use tokio_tungstenite::tungstenite::Message;
     let url = format!("ws://{}{}", gateway.addr(), capstan::CONNECT_PATH);
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    let _ = socket
-        .send(tokio_tungstenite::tungstenite::Message::Binary(
-            Bytes::from_static(&[0xee; 40]),
-        ))
+    for garbage in [
+        Message::Binary(Bytes::from_static(&[0xee; 40])),
+        Message::text("hello"),
+    ] {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let _ = socket.send(garbage).await;
+        within("ws garbage close", async {
+            use futures::StreamExt;
+            while let Some(Ok(_)) = socket.next().await {}
+        })
         .await;
-    within("ws garbage close", async {
-        use futures::StreamExt;
-        while let Some(Ok(_)) = socket.next().await {}
-    })
-    .await;
+    }
 
     // Plain HTTP to the endpoint is told what it is.
     let visitor = Visitor::new(gateway.addr());
