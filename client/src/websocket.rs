@@ -170,7 +170,11 @@ async fn pump(
 /// it. Closing a socket that is already closed is fine.
 async fn close_origin(sink: &Sink, code: u16, reason: &str) {
     let frame = ws::to_frame(code, reason);
-    let _ = sink.lock().await.send(Message::Close(frame)).await;
+    let mut sink = sink.lock().await;
+    // `feed` is refused once the origin closed first; `close` then still flushes the reply
+    // tungstenite queued for it, which `send` would have left unsent.
+    let _ = sink.feed(Message::Close(frame)).await;
+    let _ = sink.close().await;
 }
 
 #[cfg(test)]

@@ -314,21 +314,22 @@ impl Pump {
         let (mut sink, mut stream) = socket.split();
         // Lets the inbound pump ask the outbound one to close the visitor's socket.
         let (closing_tx, closing_rx) = oneshot::channel::<Closing>();
-        let over_cap = {
+        let read_to_close = {
             let inbound = inbound(&mut stream, &origin, closing_tx);
             let outbound = outbound_pump(&mut sink, outbound, closing_rx, &stop, &origin);
             tokio::pin!(inbound, outbound);
             tokio::select! {
-                over_cap = &mut inbound => {
+                read_to_close = &mut inbound => {
                     let _ = tokio::time::timeout(CLOSE_GRACE, outbound).await;
-                    over_cap
+                    read_to_close
                 }
                 () = &mut outbound => {
-                    tokio::time::timeout(CLOSE_GRACE, inbound).await.unwrap_or(false)
+                    // A visitor that never answers our close is not waited on twice.
+                    tokio::time::timeout(CLOSE_GRACE, inbound).await.unwrap_or(true)
                 }
             }
         };
-        if over_cap {
+        if !read_to_close {
             if let Ok(socket) = sink.reunite(stream) {
                 linger(socket, max_message).await;
             }
@@ -336,9 +337,10 @@ impl Pump {
     }
 }
 
-/// After refusing a message over the cap, reads and drops what the visitor still sends of
-/// it, until the visitor closes or for a short while: closing a socket with unread bytes
-/// resets it, and a visitor that was still sending would lose the 1009 close frame.
+/// When the gateway stopped reading before the visitor's close frame (a message over the
+/// cap, a tunnel that went away), reads and drops what the visitor still sends, until it
+/// closes or for a short while: closing a socket with unread bytes resets it, and the
+/// visitor could lose the close frame that says why.
 async fn linger(mut socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, budget: usize) {
     let io = socket.get_mut();
     let _ = io.shutdown().await;
@@ -381,13 +383,14 @@ type VisitorSink = SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
 type VisitorStream = SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Visitor to origin: each message becomes one `send` on the origin's end. True when it
-/// ended on a message over the cap.
+/// read the visitor's close frame (or the end of its connection), so that nothing of the
+/// visitor's is left unread.
 async fn inbound(
     stream: &mut VisitorStream,
     origin: &OriginEnd,
     closing: oneshot::Sender<Closing>,
 ) -> bool {
-    let mut over_cap = false;
+    let mut read_to_close = true;
     let (code, reason) = loop {
         match stream.next().await {
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
@@ -406,14 +409,14 @@ async fn inbound(
             Some(Err(WsError::Capacity(err))) => {
                 debug!(%err, "visitor message over the cap");
                 let _ = closing.send(Closing::Close(TOO_BIG, "message too big"));
-                over_cap = true;
+                read_to_close = false;
                 break (TOO_BIG, "message too big".to_owned());
             }
             Some(Err(_)) | None => break (GOING_AWAY, "visitor connection lost".to_owned()),
         }
     };
     origin.close(code, &reason).await;
-    over_cap
+    read_to_close
 }
 
 /// Origin to visitor: writes what the tunnel's `send` calls queued, and every close.
@@ -465,5 +468,8 @@ async fn outbound_pump(
             None => break (GOING_AWAY, "the tunnel went away".to_owned()),
         }
     };
-    let _ = sink.send(Message::Close(ws::to_frame(code, &reason))).await;
+    // `feed` is refused once the visitor closed first; `close` then still flushes the
+    // reply tungstenite queued for it, which `send` would have left unsent.
+    let _ = sink.feed(Message::Close(ws::to_frame(code, &reason))).await;
+    let _ = sink.close().await;
 }
