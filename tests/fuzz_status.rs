@@ -159,9 +159,6 @@ fn statuses_200_to_599_reach_the_visitor() {
 /// 599 HTTP has no status, and 1xx is no final answer (101 least of all, to a request
 /// that asked for no upgrade).
 #[test]
-#[ignore = "bug: 600..=999 reach the visitor as is, 100 and 102..=199 become hyper's 500, \
-            and 101 becomes '101 Switching Protocols' to a plain GET; minimal failing \
-            inputs: status 100 and status 600 (see other_statuses_get_502)"]
 fn the_visitor_gets_the_tunnels_status_or_502() {
     // Mostly below 1000, where `http` and hyper draw their lines.
     check_statuses(prop_oneof![any::<u16>(), 0u16..1000], |status, got| {
@@ -178,8 +175,6 @@ fn the_visitor_gets_the_tunnels_status_or_502() {
 /// Found by `the_visitor_gets_the_tunnels_status_or_502`: each of these reaches the
 /// visitor as something other than 502.
 #[test]
-#[ignore = "bug: 100, 103 and 199 get 500 (hyper refuses a 1xx final answer), 101 gets \
-            '101 Switching Protocols' to a plain GET, 600 and 999 pass through"]
 fn other_statuses_get_502() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
