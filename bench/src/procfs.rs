@@ -31,11 +31,16 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, utime + stime))
 }
 
-/// `VmRSS` of `pid`, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+/// `VmRSS` of `pid`, in KiB; None once it has exited.
+pub fn rss_kib(pid: u32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Open file descriptors of `pid` (entries of `/proc/<pid>/fd`); None once it has exited.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
 /// `roots` and all their live descendants, such as nginx workers and the per-connection
@@ -93,5 +98,6 @@ mod tests {
         let me = usage(&[std::process::id()]);
         assert_eq!(me.processes, 1);
         assert!(me.rss_kib > 0);
+        assert!(fd_count(std::process::id()).is_some_and(|n| n >= 3));
     }
 }

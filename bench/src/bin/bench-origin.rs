@@ -28,7 +28,9 @@ const WS_BUFFER: usize = 4 * 1024;
 ///
 /// `GET /1k` is 1 KiB; `GET /bytes?n=N` is N pattern bytes with Content-Length; `POST
 /// /sink` answers the sha256 hex of the body; `GET /sse[?n=N]` sends an event every 10 ms
-/// whose data is its send time in Unix nanoseconds; `/ws` is a WebSocket echo.
+/// whose data is its send time in Unix nanoseconds; `GET /events?n=N[&ms=M]` sends N
+/// numbered events (`id: I`, `data: I HEX`, HEX the 8 pattern bytes at word I) every M ms,
+/// for the soak's order and content checks; `/ws` is a WebSocket echo.
 #[derive(Parser)]
 struct Args {
     /// Address to listen on.
@@ -72,15 +74,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
 async fn route(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let query = req.uri().query().unwrap_or("");
-    let n = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("n="))
-        .and_then(|v| v.parse::<u64>().ok());
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let n = param("n");
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/1k") => bytes_response(Full::new(Bytes::from_static(&[b'x'; 1024]))),
         (&Method::GET, "/bytes") => bytes_response(PatternBody::new(n.unwrap_or(0))),
         (&Method::POST, "/sink") => sink(req).await,
         (&Method::GET, "/sse") => sse(n),
+        (&Method::GET, "/events") => numbered_events(n.unwrap_or(0), param("ms")),
         (_, "/ws") => websocket(req),
         _ => status(StatusCode::NOT_FOUND),
     })
@@ -146,6 +152,32 @@ fn sse(count: Option<u64>) -> Response<Body> {
     headers.insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+/// `count` numbered events, one every `ms` milliseconds (10 by default): each carries
+/// its index and the pattern word at that index, so a lost, repeated, reordered or
+/// altered event shows. (`/sse` carries send times for latency, which cannot show that.)
+fn numbered_events(count: u64, ms: Option<u64>) -> Response<Body> {
+    // `interval` panics on a zero period.
+    let period = ms.map_or(SSE_INTERVAL, |ms| Duration::from_millis(ms.max(1)));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let events =
+        futures::stream::unfold((interval, 0u64), move |(mut interval, sent)| async move {
+            if sent >= count {
+                return None;
+            }
+            interval.tick().await;
+            let word = pattern::hex(&pattern::chunk(sent * 8, 8));
+            let event = format!("id: {sent}\ndata: {sent} {word}\n\n");
+            Some((Ok(Frame::data(Bytes::from(event))), (interval, sent + 1)))
+        });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(events)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
     );
     response
 }
