@@ -90,9 +90,11 @@ impl Clean {
         }
     }
 
-    /// Whether this is a known bug, counted apart when no fault explains it.
+    /// Whether this is a known bug, counted apart when no fault explains it (`--strict`
+    /// fails on it anyway). None is known now: the unanswered close of
+    /// docs/reliability.md, finding 2, is fixed, and fails the run again.
     fn known_issue(self) -> bool {
-        self == Clean::WsCloseUnanswered
+        false
     }
 
     /// Whether `fault` explains this error. Only a gateway that is down or new explains
