@@ -448,7 +448,10 @@ async fn outbound_pump(
         match next {
             Some(Outbound::Message(message)) => {
                 let cost = cost(&message);
+                // A refused write most often means the visitor closed first, and then
+                // `close` still flushes the reply tungstenite queued for that close.
                 if sink.feed(message).await.is_err() {
+                    let _ = sink.close().await;
                     return;
                 }
                 // Once queued in the socket's own (bounded) buffer, a message stops
@@ -456,6 +459,7 @@ async fn outbound_pump(
                 queue.budget.add_permits(cost as usize);
                 // One flush per burst, not per message: pipelined messages share a write.
                 if queue.rx.is_empty() && sink.flush().await.is_err() {
+                    let _ = sink.close().await;
                     return;
                 }
             }
