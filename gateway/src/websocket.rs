@@ -1,37 +1,29 @@
-//! One visitor WebSocket: `connectWebSocket` before the upgrade, then one pump each way.
+//! One visitor WebSocket: `connectWebSocket` before the upgrade, and the visitor's socket as a capability.
 
-use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use capstan::capstan_capnp::web_socket_handle;
 use capstan::gauge::GaugeGuard;
-use capstan::websocket::{self as ws, GOING_AWAY, TOO_BIG};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use capstan::websocket as ws;
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::body::{full, GatewayBody};
 use crate::error::ProxyError;
 use crate::fetch::{forwarding, write_headers};
-use crate::limit::IpSlot;
 use crate::listen::Visitor;
 use crate::registry::Tunnel;
 use crate::State;
+
+mod pump;
+
+use pump::Pump;
 
 /// Messages from the tunnel waiting for the visitor's socket, at most. tokio allocates a
 /// block of 32 slots per channel whatever the bound, so 32 costs no more than 2; and a
@@ -43,9 +35,6 @@ const OUTBOUND_DEPTH: usize = 32;
 /// for the queue to empty. With the capnp stream window, this bounds what a visitor that
 /// reads slowly can make the gateway hold.
 const OUTBOUND_BYTES: usize = 256 * 1024;
-
-/// After one direction closed, how long the other may take to finish its close handshake.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// True when `request` asks for a WebSocket (as opposed to another upgrade).
 pub(crate) fn is_upgrade<B>(request: &Request<B>) -> bool {
@@ -167,14 +156,6 @@ pub(crate) async fn proxy(
     Ok(response)
 }
 
-/// What the inbound pump asks of the outbound one, which owns the visitor's sink.
-enum Closing {
-    /// Finish the close handshake the visitor started.
-    Reply,
-    /// Close the visitor's socket with this code and reason.
-    Close(u16, &'static str),
-}
-
 /// What the tunnel asks the visitor's socket to do.
 enum Outbound {
     Message(Message),
@@ -274,206 +255,4 @@ impl web_socket_handle::Server for PublicSocket {
             .await;
         Ok(())
     }
-}
-
-struct Pump {
-    local: web_socket_handle::Client,
-    outbound: Queue,
-    max_message: usize,
-    /// The visitor's connection still counts against its address.
-    _slot: Rc<IpSlot>,
-    stop: CancellationToken,
-    _live: GaugeGuard,
-}
-
-impl Pump {
-    async fn run(self, on_upgrade: OnUpgrade) {
-        let Self {
-            local,
-            outbound,
-            max_message,
-            stop,
-            _live,
-            _slot,
-        } = self;
-        let origin = OriginEnd::new(local);
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(err) => {
-                debug!(%err, "visitor upgrade failed");
-                origin.close(GOING_AWAY, "visitor connection lost").await;
-                return;
-            }
-        };
-        let socket = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(ws::config(max_message)),
-        )
-        .await;
-        let (mut sink, mut stream) = socket.split();
-        // Lets the inbound pump ask the outbound one to close the visitor's socket.
-        let (closing_tx, closing_rx) = oneshot::channel::<Closing>();
-        let read_to_close = {
-            let inbound = inbound(&mut stream, &origin, closing_tx);
-            let outbound = outbound_pump(&mut sink, outbound, closing_rx, &stop, &origin);
-            tokio::pin!(inbound, outbound);
-            tokio::select! {
-                read_to_close = &mut inbound => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, outbound).await;
-                    read_to_close
-                }
-                () = &mut outbound => {
-                    // A visitor that never answers our close is not waited on twice.
-                    tokio::time::timeout(CLOSE_GRACE, inbound).await.unwrap_or(true)
-                }
-            }
-        };
-        if !read_to_close {
-            if let Ok(socket) = sink.reunite(stream) {
-                linger(socket, max_message).await;
-            }
-        }
-    }
-}
-
-/// When the gateway stopped reading before the visitor's close frame (a message over the
-/// cap, a tunnel that went away), reads and drops what the visitor still sends, until it
-/// closes or for a short while: closing a socket with unread bytes resets it, and the
-/// visitor could lose the close frame that says why.
-async fn linger(mut socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, budget: usize) {
-    let io = socket.get_mut();
-    let _ = io.shutdown().await;
-    let mut buf = vec![0u8; 16 * 1024];
-    let drain = async {
-        let mut left = budget;
-        while left > 0 {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
-}
-
-/// The origin's end, as the gateway holds it: tells the tunnel of a close at most once.
-struct OriginEnd {
-    local: web_socket_handle::Client,
-    told: Cell<bool>,
-}
-
-impl OriginEnd {
-    fn new(local: web_socket_handle::Client) -> Self {
-        Self {
-            local,
-            told: Cell::new(false),
-        }
-    }
-
-    /// Calls `close(code, reason)` on the origin's end, unless it was told already.
-    async fn close(&self, code: u16, reason: &str) {
-        if !self.told.replace(true) {
-            let _ = ws::close(&self.local, code, reason).await;
-        }
-    }
-}
-
-type VisitorSink = SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
-type VisitorStream = SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
-
-/// Visitor to origin: each message becomes one `send` on the origin's end. True when it
-/// read the visitor's close frame (or the end of its connection), so that nothing of the
-/// visitor's is left unread.
-async fn inbound(
-    stream: &mut VisitorStream,
-    origin: &OriginEnd,
-    closing: oneshot::Sender<Closing>,
-) -> bool {
-    let mut read_to_close = true;
-    let (code, reason) = loop {
-        match stream.next().await {
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                if ws::send(&origin.local, &message).await.is_err() {
-                    let _ = closing.send(Closing::Close(GOING_AWAY, "the tunnel went away"));
-                    return false;
-                }
-            }
-            // Ping and pong are per hop; tungstenite answers pings itself.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Ok(Message::Close(frame))) => {
-                // Answer the visitor's close now; the origin's answer is not needed.
-                let _ = closing.send(Closing::Reply);
-                break ws::from_frame(frame.as_ref());
-            }
-            Some(Err(WsError::Capacity(err))) => {
-                debug!(%err, "visitor message over the cap");
-                let _ = closing.send(Closing::Close(TOO_BIG, "message too big"));
-                read_to_close = false;
-                break (TOO_BIG, "message too big".to_owned());
-            }
-            Some(Err(_)) | None => break (GOING_AWAY, "visitor connection lost".to_owned()),
-        }
-    };
-    origin.close(code, &reason).await;
-    read_to_close
-}
-
-/// Origin to visitor: writes what the tunnel's `send` calls queued, and every close.
-async fn outbound_pump(
-    sink: &mut VisitorSink,
-    mut queue: Queue,
-    closing: oneshot::Receiver<Closing>,
-    stop: &CancellationToken,
-    origin: &OriginEnd,
-) {
-    let mut closing = Some(closing);
-    let (code, reason) = loop {
-        let next = tokio::select! {
-            // First, so that a shutdown says so rather than "tunnel went away".
-            biased;
-            () = stop.cancelled() => break (GOING_AWAY, "gateway shutting down".to_owned()),
-            next = queue.rx.recv() => next,
-            asked = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
-                match asked {
-                    Ok(Closing::Reply) => {
-                        let _ = sink.close().await;
-                        return;
-                    }
-                    Ok(Closing::Close(code, reason)) => break (code, reason.to_owned()),
-                    Err(_) => { closing = None; continue; }
-                }
-            }
-        };
-        match next {
-            Some(Outbound::Message(message)) => {
-                let cost = cost(&message);
-                // A refused write most often means the visitor closed first, and then
-                // `close` still flushes the reply tungstenite queued for that close.
-                if sink.feed(message).await.is_err() {
-                    let _ = sink.close().await;
-                    return;
-                }
-                // Once queued in the socket's own (bounded) buffer, a message stops
-                // counting.
-                queue.budget.add_permits(cost as usize);
-                // One flush per burst, not per message: pipelined messages share a write.
-                if queue.rx.is_empty() && sink.flush().await.is_err() {
-                    let _ = sink.close().await;
-                    return;
-                }
-            }
-            Some(Outbound::Close(code, reason)) => break (code, reason),
-            Some(Outbound::TooBig) => {
-                origin.close(TOO_BIG, "message too big").await;
-                break (TOO_BIG, "message too big".to_owned());
-            }
-            // The tunnel released the socket or died: the visitor gets 1001.
-            None => break (GOING_AWAY, "the tunnel went away".to_owned()),
-        }
-    };
-    // `feed` is refused once the visitor closed first; `close` then still flushes the
-    // reply tungstenite queued for it, which `send` would have left unsent.
-    let _ = sink.feed(Message::Close(ws::to_frame(code, &reason))).await;
-    let _ = sink.close().await;
 }
