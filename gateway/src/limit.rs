@@ -3,6 +3,9 @@
 use std::net::IpAddr;
 use std::rc::Rc;
 
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -45,14 +48,26 @@ impl Drop for IpSlot {
     }
 }
 
-/// Tells a visitor over the limit so, as far as its socket takes it at once, and closes.
-/// The request is never read: reading would be the work the limit exists to refuse.
-pub(crate) fn refuse_http(stream: TcpStream) {
+/// How long a refused connection is kept to let its 429 arrive.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Tells a visitor over the limit so, and closes. The request is never parsed: that would
+/// be the work the limit exists to refuse. What the visitor sends meanwhile is read and
+/// dropped for a moment, since closing a socket with unread bytes resets it, and a reset
+/// can destroy the 429 before the visitor reads it.
+pub(crate) async fn refuse_http(mut stream: TcpStream) {
     const BODY: &str = "capstan: too many connections from your address; try again later\n";
     let response = format!(
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n\
          retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
-    let _ = stream.try_write(response.as_bytes());
+    let linger = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
 }

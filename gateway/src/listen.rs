@@ -101,7 +101,8 @@ async fn accept_http(
             }
         };
         let Some(slot) = IpSlot::take(state, peer.ip()) else {
-            limit::refuse_http(stream);
+            // Owned with the visitor connections, and over within a second.
+            connections.spawn_local(limit::refuse_http(stream));
             continue;
         };
         // Shared with the WebSockets and tunnel sessions upgraded from this connection,
