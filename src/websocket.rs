@@ -102,6 +102,22 @@ pub async fn close(
     request.send().promise.await.map(drop)
 }
 
+/// Ends a socket's writing half: flushes the close frame queued on it, or the reply to a
+/// close the peer sent, which tungstenite queues itself and sends only on a later write.
+///
+/// A split sink holds one message back; when that one is refused (nothing may be sent
+/// after a close), the first `close` fails before it reaches the socket, and the reply
+/// would be lost. The slot is empty after that failure, so a second `close` gets there.
+pub async fn finish<S>(sink: &mut S)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    use futures::SinkExt;
+    if sink.close().await.is_err() {
+        let _ = sink.close().await;
+    }
+}
+
 /// The code and reason of a received close frame (1005 when it had none).
 pub fn from_frame(frame: Option<&CloseFrame>) -> (u16, String) {
     match frame {
@@ -132,6 +148,33 @@ pub fn to_frame(code: u16, reason: &str) -> Option<CloseFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gateway's situation: a message waits in the split sink when the peer's close
+    /// arrives; the reply must still go out.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_reply_to_a_close_goes_out_past_a_refused_message() {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        use tokio_tungstenite::WebSocketStream;
+
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
+        let mut peer = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
+        let (mut sink, mut stream) = server.split();
+        peer.send(Message::Close(None)).await.unwrap();
+        // An echo on its way, held in the sink's slot, then the peer's close is read.
+        sink.feed(Message::text("late echo")).await.unwrap();
+        assert!(matches!(
+            stream.next().await,
+            Some(Ok(Message::Close(None)))
+        ));
+        finish(&mut sink).await;
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(5), peer.next()).await;
+        match reply {
+            Ok(Some(Ok(Message::Close(_)))) => {}
+            other => panic!("the peer must get the close reply, got {other:?}"),
+        }
+    }
 
     #[test]
     fn close_codes_map_to_sendable_frames() {

@@ -171,10 +171,10 @@ async fn pump(
 async fn close_origin(sink: &Sink, code: u16, reason: &str) {
     let frame = ws::to_frame(code, reason);
     let mut sink = sink.lock().await;
-    // `feed` is refused once the origin closed first; `close` then still flushes the reply
-    // tungstenite queued for it, which `send` would have left unsent.
+    // `feed` is refused once the origin closed first; `finish` then still flushes the
+    // reply tungstenite queued for it, which `send` would have left unsent.
     let _ = sink.feed(Message::Close(frame)).await;
-    let _ = sink.close().await;
+    ws::finish(&mut *sink).await;
 }
 
 #[cfg(test)]

@@ -196,7 +196,7 @@ async fn outbound_pump(
             asked = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => {
                 match asked {
                     Ok(Closing::Reply) => {
-                        let _ = sink.close().await;
+                        ws::finish(sink).await;
                         return;
                     }
                     Ok(Closing::Close(code, reason)) => break (code, reason.to_owned()),
@@ -207,10 +207,10 @@ async fn outbound_pump(
         match next {
             Some(Outbound::Message(message)) => {
                 let cost = cost(&message);
-                // A refused write most often means the visitor closed first, and then
-                // `close` still flushes the reply tungstenite queued for that close.
+                // A refused write most often means the visitor closed first; `finish`
+                // still flushes the reply tungstenite queued for that close.
                 if sink.feed(message).await.is_err() {
-                    let _ = sink.close().await;
+                    ws::finish(sink).await;
                     return;
                 }
                 // Once queued in the socket's own (bounded) buffer, a message stops
@@ -218,7 +218,7 @@ async fn outbound_pump(
                 queue.budget.add_permits(cost as usize);
                 // One flush per burst, not per message: pipelined messages share a write.
                 if queue.rx.is_empty() && sink.flush().await.is_err() {
-                    let _ = sink.close().await;
+                    ws::finish(sink).await;
                     return;
                 }
             }
@@ -231,8 +231,8 @@ async fn outbound_pump(
             None => break (GOING_AWAY, "the tunnel went away".to_owned()),
         }
     };
-    // `feed` is refused once the visitor closed first; `close` then still flushes the
+    // `feed` is refused once the visitor closed first; `finish` then still flushes the
     // reply tungstenite queued for it, which `send` would have left unsent.
     let _ = sink.feed(Message::Close(ws::to_frame(code, &reason))).await;
-    let _ = sink.close().await;
+    ws::finish(sink).await;
 }
