@@ -159,6 +159,9 @@ fn ws_error(err: &WsError) -> Outcome {
         | WsError::Protocol(
             ProtocolError::ResetWithoutClosingHandshake | ProtocolError::HandshakeIncomplete,
         ) => Outcome::Clean(Clean::WsDropped, err.to_string()),
+        WsError::Protocol(ProtocolError::MissingConnectionUpgradeHeader) => {
+            Outcome::Clean(Clean::WsHandshakeUnupgraded, err.to_string())
+        }
         other => Outcome::Failure("ws_error", other.to_string()),
     }
 }
