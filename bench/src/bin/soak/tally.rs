@@ -317,12 +317,23 @@ mod tests {
             tally.counts().failures.get("body_cut_outside_fault"),
             Some(&1)
         );
-        let unanswered = || Outcome::Clean(Clean::WsCloseUnanswered, "x".into());
-        tally.record("ws", after, unanswered());
-        assert_eq!(tally.counts().known.get("ws_close_unanswered"), Some(&1));
+        // A known issue is counted apart, unless strict; a fixed one fails again.
+        let unupgraded = || Outcome::Clean(Clean::WsHandshakeUnupgraded, "x".into());
+        tally.record("ws", after, unupgraded());
+        assert_eq!(
+            tally.counts().known.get("ws_handshake_unupgraded"),
+            Some(&1)
+        );
         let strict = Tally::new(true);
-        strict.record("ws", after, unanswered());
+        strict.record("ws", after, unupgraded());
         let failures = strict.counts().failures;
+        assert_eq!(
+            failures.get("ws_handshake_unupgraded_outside_fault"),
+            Some(&1)
+        );
+        let unanswered = Outcome::Clean(Clean::WsCloseUnanswered, "x".into());
+        tally.record("ws", after, unanswered);
+        let failures = tally.counts().failures;
         assert_eq!(failures.get("ws_close_unanswered_outside_fault"), Some(&1));
     }
 }
