@@ -1,5 +1,7 @@
 //! Property tests of `capstan::headers`: arbitrary header lists, statuses and messages in and out of the wire form.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use capstan::capstan_capnp::response;
@@ -12,18 +14,9 @@ use proptest::sample::select;
 /// build, which is what CI runs. docs/fuzzing.md has the command for a long run.
 const CI_CASES: u32 = 256;
 
-/// The run's configuration. Failures are not persisted: a failure found here becomes a
-/// named test with its input written out (see the regression tests at the end).
+/// The run's configuration (see `common::fuzz_config`).
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(CI_CASES);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    common::fuzz_config(CI_CASES)
 }
 
 // ---- The oracle: RFC 9110, written out independently of the code under test. ----

@@ -41,19 +41,12 @@ const CLOSE_BOUND: Duration = Duration::from_secs(10);
 /// The name the captured stream registers.
 const SEED_NAME: &str = "fuzzed";
 
-/// The run's configuration. Failures are not persisted: a failure found here becomes a
-/// named test with the bytes it printed written out (docs/fuzzing.md).
+/// The run's configuration (see `common::fuzz_config`).
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(CI_CASES);
     ProptestConfig {
-        cases,
-        failure_persistence: None,
         // Each shrink step runs a batch against the gateway; bound the search.
         max_shrink_iters: 256,
-        ..ProptestConfig::default()
+        ..fuzz_config(CI_CASES)
     }
 }
 

@@ -17,16 +17,9 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 /// Cases per property unless `PROPTEST_CASES` says otherwise: one small request each.
 const CI_CASES: u32 = 64;
 
+/// The run's configuration (see `common::fuzz_config`).
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(CI_CASES);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    fuzz_config(CI_CASES)
 }
 
 /// Answers `GET /N` inline with status N and a short body, whatever N is: a raw capnp

@@ -225,3 +225,18 @@ pub fn skip_unless_ci<T>(what: &str, why: &str) -> Option<T> {
     }
     None
 }
+
+/// A property test's configuration: `ci_cases` cases unless `PROPTEST_CASES` says
+/// otherwise (docs/fuzzing.md has the long run), and no persisted failures: a failure
+/// becomes a named test with its input written out.
+pub fn fuzz_config(ci_cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(ci_cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
