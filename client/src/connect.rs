@@ -84,8 +84,9 @@ pub(crate) struct Connection {
     pub(crate) registration: registration::Client,
     pub(crate) url: String,
     pub(crate) name: String,
-    /// The sizes the gateway accepts (the defaults when an older gateway said nothing).
-    pub(crate) limits: Limits,
+    /// The sizes both this end and the gateway accept (the gateway's are the defaults when
+    /// an older gateway said nothing): what this end sends within.
+    pub(crate) agreed: Limits,
 }
 
 enum Dial {
@@ -153,7 +154,7 @@ async fn open(address: &str, fetcher: &fetcher::Client) -> Result<RpcConnection,
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to `address` and registers `fetcher` under `name` ("" lets the gateway pick),
-/// declaring that this end accepts `limits`.
+/// declaring that this end accepts `limits`, and agrees on them with the gateway.
 pub(crate) async fn register(
     address: &str,
     name: &str,
@@ -206,13 +207,13 @@ async fn register_now(
             }),
         })
     })()?;
-    let (registration, url, name, limits) = outcome?;
+    let (registration, url, name, theirs) = outcome?;
     Ok(Connection {
         rpc,
         registration,
         url,
         name,
-        limits,
+        agreed: limits.agree(theirs),
     })
 }
 

@@ -223,11 +223,7 @@ async fn respond(
     chunk: usize,
 ) -> Result<(), capnp::Error> {
     let (parts, body) = response.into_parts();
-    let small = body.is_end_stream()
-        || body
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= chunk.min(MAX_CHUNK) as u64);
+    let small = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= chunk as u64);
     if small {
         let bytes = body.collect().await.map_err(failed)?.to_bytes();
         let mut wire = results.get().init_response();

@@ -125,6 +125,11 @@ impl ClientOptions {
         self
     }
 
+    /// The sizes this end accepts, as it declares them at registration.
+    pub(crate) fn limits(&self) -> capstan::limits::Limits {
+        capstan::limits::Limits::with_ws_message(self.max_ws_message)
+    }
+
     /// Sets the token.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = token.into();

@@ -45,7 +45,7 @@ impl Tunnel {
     ) -> Result<Self, ConnectError> {
         let active = Rc::new(Active::default());
         let counters = Counters::default();
-        let agreed = Rc::new(Cell::new(Limits::with_ws_message(options.max_ws_message)));
+        let agreed = Rc::new(Cell::new(options.limits()));
         let fetcher: fetcher::Client = capnp_rpc::new_client(FetcherImpl::new(
             origin,
             active.clone(),
@@ -62,7 +62,7 @@ impl Tunnel {
         options: ClientOptions,
         fetcher: fetcher::Client,
     ) -> Result<Self, ConnectError> {
-        let agreed = Rc::new(Cell::new(Limits::with_ws_message(options.max_ws_message)));
+        let agreed = Rc::new(Cell::new(options.limits()));
         Self::register_fetcher(options, fetcher, Rc::default(), Counters::default(), agreed).await
     }
 
@@ -74,9 +74,10 @@ impl Tunnel {
         agreed: Rc<Cell<Limits>>,
     ) -> Result<Self, ConnectError> {
         let name = options.name.clone().unwrap_or_default();
-        let ours = Limits::with_ws_message(options.max_ws_message);
-        let connection = register(&options.gateway, &name, &options.token, &fetcher, ours).await?;
-        agreed.set(ours.agree(connection.limits));
+        let limits = options.limits();
+        let connection =
+            register(&options.gateway, &name, &options.token, &fetcher, limits).await?;
+        agreed.set(connection.agreed);
         Ok(Self {
             options,
             counters,
@@ -147,18 +148,17 @@ impl Tunnel {
                     () = &mut shutdown => return Ok(()),
                 }
                 backoff = (backoff * 2).min(self.options.max_backoff);
-                let ours = Limits::with_ws_message(self.options.max_ws_message);
                 let attempt = register(
                     &self.options.gateway,
                     &self.connection.name,
                     &self.options.token,
                     &self.fetcher,
-                    ours,
+                    self.options.limits(),
                 );
                 match attempt.await {
                     Ok(connection) => {
                         info!(tunnel = %connection.name, url = %connection.url, "reconnected");
-                        self.agreed.set(ours.agree(connection.limits));
+                        self.agreed.set(connection.agreed);
                         self.connection = connection;
                         self.registrations.send_modify(|n| *n += 1);
                         break;

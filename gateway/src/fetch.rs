@@ -49,7 +49,8 @@ pub(crate) async fn proxy(
     }
     let permit = tunnel.admit()?;
     let (mut parts, body) = request.into_parts();
-    let over = Rc::new(std::cell::Cell::new(false));
+    // Set when a streamed upload runs past `max_body`; inline bodies were checked above.
+    let mut over = None;
     let forwarded = forwarding(state, &mut parts.headers, &parts.uri, visitor);
     let path = parts
         .uri
@@ -62,7 +63,7 @@ pub(crate) async fn proxy(
     } else if body
         .size_hint()
         .exact()
-        .is_some_and(|n| n <= tunnel.limits.chunk.min(MAX_CHUNK) as u64)
+        .is_some_and(|n| n <= tunnel.limits.chunk as u64)
     {
         let collected = body
             .collect()
@@ -79,13 +80,13 @@ pub(crate) async fn proxy(
         let mut wire = params.reborrow().init_request();
         wire.set_method(parts.method.as_str());
         wire.set_path(path.as_bytes());
-        write_headers(&parts.headers, &forwarded, |n| {
-            wire.reborrow().init_headers(n)
-        });
+        forwarded.write(&parts.headers, |n| wire.reborrow().init_headers(n));
         match body {
             RequestBody::Inline(bytes) => wire.set_body(&bytes),
             RequestBody::Streamed(body) => {
-                let upload = Upload::new(body, max_body, over.clone());
+                let flag = Rc::new(std::cell::Cell::new(false));
+                over = Some(flag.clone());
+                let upload = Upload::new(body, max_body, flag);
                 params.set_body(BodySourceImpl::client(upload, tunnel.limits.chunk));
             }
         }
@@ -107,7 +108,7 @@ pub(crate) async fn proxy(
             Ok(streamed_response(state, head, Some(promise), permit))
         }
         result = &mut promise => {
-            if over.get() {
+            if over.as_ref().is_some_and(|over| over.get()) {
                 return Err(ProxyError::TooLarge(max_body));
             }
             let answer = result.map_err(ProxyError::from_capnp)?;
@@ -179,7 +180,7 @@ pub(crate) fn forwarding(
     headers: &mut HeaderMap,
     uri: &http::Uri,
     visitor: SocketAddr,
-) -> Vec<(&'static str, HeaderValue)> {
+) -> Forwarding {
     if let Some(host) = uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -199,25 +200,42 @@ pub(crate) fn forwarding(
     for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
         headers.remove(name);
     }
-    let mut set = Vec::with_capacity(3);
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        set.push((X_FORWARDED_FOR, value));
+    Forwarding {
+        for_: HeaderValue::from_str(&forwarded_for).ok(),
+        proto: state.forwarded_proto.clone(),
+        host: headers.get(HOST).cloned(),
     }
-    if let Ok(value) = HeaderValue::from_str(state.public_scheme()) {
-        set.push((X_FORWARDED_PROTO, value));
-    }
-    if let Some(host) = headers.get(HOST) {
-        set.push((X_FORWARDED_HOST, host.clone()));
-    }
-    set
 }
 
-/// Writes `headers` and then `forwarded` (see [`forwarding`]) into a request's list.
-pub(crate) fn write_headers<'b>(
-    headers: &HeaderMap,
-    forwarded: &[(&'static str, HeaderValue)],
-    init: impl FnOnce(u32) -> capnp::struct_list::Builder<'b, capstan::capstan_capnp::header::Owned>,
-) {
-    let extra: Vec<(&str, &[u8])> = forwarded.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-    capstan::headers::write(headers, &extra, init);
+/// The gateway's own forwarding headers for one request (see [`forwarding`]); each is left
+/// out when it would not be a valid header value.
+pub(crate) struct Forwarding {
+    for_: Option<HeaderValue>,
+    proto: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+}
+
+impl Forwarding {
+    /// Writes `headers` and then these into a request's list.
+    pub(crate) fn write<'b>(
+        &self,
+        headers: &HeaderMap,
+        init: impl FnOnce(u32) -> capnp::struct_list::Builder<'b, capstan::capstan_capnp::header::Owned>,
+    ) {
+        let set = [
+            (X_FORWARDED_FOR, &self.for_),
+            (X_FORWARDED_PROTO, &self.proto),
+            (X_FORWARDED_HOST, &self.host),
+        ];
+        // On the stack: this runs for every request.
+        let mut extra: [(&str, &[u8]); 3] = [("", b""); 3];
+        let mut n = 0;
+        for (name, value) in set {
+            if let Some(value) = value {
+                extra[n] = (name, value.as_bytes());
+                n += 1;
+            }
+        }
+        capstan::headers::write(headers, &extra[..n], init);
+    }
 }

@@ -162,6 +162,8 @@ pub(crate) struct State {
     pub(crate) registry: RefCell<registry::Registry>,
     /// Scheme and host of the public URL, e.g. ("http", "localhost:8080").
     public_scheme: String,
+    /// `public_scheme` as the `X-Forwarded-Proto` value, made once.
+    pub(crate) forwarded_proto: Option<http::HeaderValue>,
     public_host: String,
     next_session: Cell<u64>,
     /// Owns every tunnel session task; cancelled after the HTTP side drained.
@@ -198,6 +200,7 @@ impl State {
         Self {
             options,
             registry: RefCell::new(registry),
+            forwarded_proto: http::HeaderValue::from_str(&public_scheme).ok(),
             public_scheme,
             public_host,
             next_session: Cell::new(1),
@@ -213,11 +216,6 @@ impl State {
     /// The public URL of tunnel `name`.
     pub(crate) fn url_for(&self, name: &str) -> String {
         format!("{}://{name}.{}", self.public_scheme, self.public_host)
-    }
-
-    /// The scheme visitors use, for `X-Forwarded-Proto`.
-    pub(crate) fn public_scheme(&self) -> &str {
-        &self.public_scheme
     }
 
     /// The sizes this gateway accepts, as it tells each tunnel at registration.

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::body::{full, GatewayBody};
 use crate::error::ProxyError;
-use crate::fetch::{forwarding, write_headers};
+use crate::fetch::forwarding;
 use crate::listen::Visitor;
 use crate::registry::Tunnel;
 use crate::State;
@@ -109,9 +109,7 @@ pub(crate) async fn proxy(
         wire.set_method(parts.method.as_str());
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         wire.set_path(path.as_bytes());
-        write_headers(&parts.headers, &forwarded, |n| {
-            wire.reborrow().init_headers(n)
-        });
+        forwarded.write(&parts.headers, |n| wire.reborrow().init_headers(n));
         params.set_public_socket(public);
     }
     let answer = call.send().promise.await.map_err(ProxyError::from_capnp)?;
